@@ -1,0 +1,46 @@
+# One entry point. `make book` builds the HTML book; `make test` runs every test,
+# including the full book build with warnings as errors and every notebook executed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JB := $(BIN)/jupyter-book
+
+.PHONY: book test install bench lab clean clean-all unit paper-scale
+
+$(STAMP): requirements.txt requirements-bench.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-bench.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ewc)" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+book: $(STAMP)
+	$(JB) build --keep-going -W -n .
+	@echo "Book built: file://$(CURDIR)/_build/html/index.html"
+
+test: $(STAMP)
+	bash tests/ensure_browser.sh
+	$(BIN)/python -m pytest -ra
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not book and not browser and not notebook"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/fisher_speed.py
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+paper-scale: $(STAMP)
+	EWC_PAPER_SCALE=1 $(JB) build --all --keep-going -W -n .
+
+clean:
+	$(JB) clean . || rm -rf _build/html
+
+clean-all:
+	rm -rf _build .nbtest
