@@ -1,0 +1,96 @@
+"""Shared fixtures for the whole test suite.
+
+* ``repo_root``: the repository root (the folder holding ``_config.yml``).
+* ``built_book``: builds the whole book ONCE per test session with
+  ``jupyter-book build --keep-going -W -n .`` into ``_build/`` and returns a
+  :class:`BookBuild` (exit code, log, html folder). ``tests/test_book.py`` asserts on it
+  and ``tests/test_browser.py`` opens the pages it produced. Set ``EWC_BOOK_HTML`` to an
+  existing ``.../_build/html`` folder to test a book built elsewhere instead (no build).
+
+The markers ``book``, ``browser`` and ``notebook`` are declared in ``pyproject.toml``;
+they are registered here as well so that the tests also run with another ini file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+VENV_BIN = pathlib.Path(sys.executable).parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "book: builds the whole book (slow)")
+    config.addinivalue_line("markers", "browser: drives headless Chromium over the built book")
+    config.addinivalue_line("markers", "notebook: executes one notebook")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+    return ROOT
+
+
+@dataclasses.dataclass
+class BookBuild:
+    """Result of one ``jupyter-book build`` run."""
+
+    returncode: int
+    log: str
+    html: pathlib.Path
+    seconds: float
+    command: list
+
+    def tail(self, n: int = 80) -> str:
+        return "\n".join(self.log.splitlines()[-n:])
+
+    def error_logs(self) -> str:
+        """The ``reports/**/*.err.log`` files myst-nb writes for failing notebooks."""
+        out = []
+        for p in sorted((self.html / "reports").rglob("*.err.log")):
+            out.append(f"===== {p.relative_to(self.html)} =====\n{p.read_text(errors='replace')}")
+        return "\n".join(out)
+
+
+def jupyter_book_executable() -> str:
+    jb = VENV_BIN / "jupyter-book"
+    return str(jb) if jb.exists() else "jupyter-book"
+
+
+def build_book(source: pathlib.Path, *, path_output: pathlib.Path | None = None,
+               extra_args=(), timeout: float = 3600) -> BookBuild:
+    """Run ``jupyter-book build --keep-going -W -n <source>`` and capture everything."""
+    cmd = [jupyter_book_executable(), "build", "--keep-going", "-W", "-n", *extra_args]
+    if path_output is not None:
+        cmd += ["--path-output", str(path_output)]
+    cmd.append(str(source))
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=source, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env, timeout=timeout)
+    out_root = path_output if path_output is not None else source
+    return BookBuild(proc.returncode, proc.stdout, out_root / "_build" / "html",
+                     time.perf_counter() - t0, cmd)
+
+
+@pytest.fixture(scope="session")
+def built_book(repo_root) -> BookBuild:
+    """The whole book, built once per session (or taken from ``$EWC_BOOK_HTML``)."""
+    given = os.environ.get("EWC_BOOK_HTML")
+    if given:
+        html = pathlib.Path(given).resolve()
+        if not (html / "index.html").is_file():
+            pytest.fail(f"EWC_BOOK_HTML={given}: no index.html there")
+        return BookBuild(0, f"(book taken from EWC_BOOK_HTML={html}; not built by this session)",
+                         html, 0.0, [])
+    build = build_book(repo_root)
+    print(f"\n[built_book] {' '.join(build.command)}: exit {build.returncode} "
+          f"in {build.seconds:.0f} s")
+    return build
