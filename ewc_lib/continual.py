@@ -1,1 +1,359 @@
-"""Placeholder: being written (see the issue tracker)."""
+"""Train one network on a sequence of tasks: plain SGD, L2, or EWC, and record test accuracy.
+
+The loop behind the book's permuted-MNIST experiments (the paper's Figure 2A/2B):
+
+* for each task in order, ``epochs_per_task`` epochs of plain SGD (``torch.optim.SGD``,
+  no momentum, no weight decay) on the mean cross-entropy of minibatches, plus the
+  consolidation penalty of the earlier tasks (none for ``method="sgd"``);
+* after each task (except the last): the diagonal Fisher at the end point (EWC) with
+  :func:`ewc_lib.fisher_diagonal`, and :meth:`EWCPenalty.consolidate` /
+  :meth:`L2Penalty.consolidate`;
+* the test accuracy of **every** task (also those not yet trained) every ``eval_every``
+  optimisation steps and at the end of each task.
+
+"SGD with dropout" (the paper's Figure 2B baseline) is ``method="sgd"`` on a model built with
+dropout, e.g. ``ewc_lib.mlp([784, 400, 400, 10], dropout_input=0.2, dropout_hidden=0.5)``.
+
+The model is trained **in place**: nothing is restored afterwards (no early stopping, no
+reset to the best weights); on return the model holds the weights after the last task and is
+in eval mode. The returned :class:`ContinualHistory` says what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .penalty import EWCPenalty, L2Penalty
+
+__all__ = ["ContinualHistory", "train_continual", "evaluate_accuracy"]
+
+_METHODS = ("sgd", "l2", "ewc")
+_ESTIMATORS = ("exact", "mc", "empirical", "batched_empirical")
+
+
+@dataclasses.dataclass
+class ContinualHistory:
+    """What :func:`train_continual` did, as a tidy list of evaluation records.
+
+    Attributes
+    ----------
+    method : str
+        ``"sgd"``, ``"l2"`` or ``"ewc"``.
+    config : dict
+        Every argument of the call except the model and the tasks (plus ``task_names``,
+        ``num_params``, ``steps_per_task``).
+    task_names : list of str
+    records : list of dict
+        One dict per (evaluation time, evaluated task) with keys ``step`` (global number of
+        SGD steps done so far), ``epoch`` (0-based epoch within the task being trained),
+        ``trained_task`` (index of the task being trained), ``eval_task`` (index of the task
+        evaluated), ``accuracy`` (test accuracy in [0, 1]) and ``end_of_task`` (True for the
+        evaluation at the end of ``trained_task``).
+    task_boundaries : list of int
+        Global step at which each task's training starts (``task_boundaries[0] == 0``).
+    penalty : EWCPenalty or None
+        The penalty object at the end (its anchors and Fishers), ``None`` for ``"sgd"``.
+    cpu_seconds, wall_seconds : float
+        Process CPU time and wall time of the whole call.
+    """
+
+    method: str
+    config: dict
+    task_names: list
+    records: list
+    task_boundaries: list
+    penalty: Any = None
+    cpu_seconds: float = float("nan")
+    wall_seconds: float = float("nan")
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    def _check_task(self, eval_task) -> int:
+        if isinstance(eval_task, bool) or not isinstance(eval_task, numbers.Integral) \
+                or not 0 <= eval_task < self.num_tasks:
+            raise ValueError(f"eval_task: expected an int in [0, {self.num_tasks}), got {eval_task!r}")
+        return int(eval_task)
+
+    def curve(self, eval_task: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, accuracies)`` of task ``eval_task`` at every evaluation, in step order."""
+        eval_task = self._check_task(eval_task)
+        rows = [r for r in self.records if r["eval_task"] == eval_task]
+        return (np.array([r["step"] for r in rows], dtype=np.int64),
+                np.array([r["accuracy"] for r in rows], dtype=np.float64))
+
+    def accuracy_matrix(self) -> np.ndarray:
+        """``R[t, j]``: test accuracy on task ``j`` at the end of training task ``t``."""
+        R = np.full((self.num_tasks, self.num_tasks), np.nan)
+        for r in self.records:
+            if r["end_of_task"]:
+                R[r["trained_task"], r["eval_task"]] = r["accuracy"]
+        return R
+
+    def final_accuracies(self) -> np.ndarray:
+        """Test accuracy of every task after the last task was trained (length ``num_tasks``)."""
+        return self.accuracy_matrix()[-1].copy()
+
+    def average_after_each_task(self) -> np.ndarray:
+        """Entry ``t``: mean test accuracy over tasks ``0..t``, measured at the end of task ``t``."""
+        R = self.accuracy_matrix()
+        return np.array([R[t, : t + 1].mean() for t in range(self.num_tasks)])
+
+
+def _check_int(name, value, *, minimum=1, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        expected = f"an int >= {minimum}" + (" or None" if allow_none else "")
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return int(value)
+
+
+def _check_tasks(tasks):
+    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence) or len(tasks) == 0:
+        raise ValueError("tasks: expected a non-empty sequence of tasks with x_train, y_train, "
+                         "x_test, y_test (e.g. ewc_lib.tasks.permuted_mnist_tasks)")
+    for t, task in enumerate(tasks):
+        for attr in ("x_train", "y_train", "x_test", "y_test"):
+            value = getattr(task, attr, None)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"tasks[{t}].{attr}: expected a torch.Tensor, got "
+                                f"{type(value).__name__}")
+        for split in ("train", "test"):
+            x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
+            if x.shape[0] == 0 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+                raise ValueError(f"tasks[{t}]: x_{split} {tuple(x.shape)} and y_{split} "
+                                 f"{tuple(y.shape)} must hold the same number N > 0 of examples")
+            if y.dtype != torch.int64:
+                raise TypeError(f"tasks[{t}].y_{split}: expected int64 class labels, got {y.dtype}")
+    return [getattr(task, "name", f"T{t}") for t, task in enumerate(tasks)]
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      chunk_size: int = 10_000) -> float:
+    """Fraction of ``argmax(model(x)) == y`` (model put in eval mode, no gradients).
+
+    >>> net = torch.nn.Linear(2, 2)
+    >>> 0.0 <= evaluate_accuracy(net, torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)) <= 1.0
+    True
+    """
+    model.eval()
+    correct = 0
+    for start in range(0, x.shape[0], chunk_size):
+        logits = model(x[start:start + chunk_size])
+        correct += int((logits.argmax(dim=-1) == y[start:start + chunk_size]).sum())
+    return correct / x.shape[0]
+
+
+def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float = 0.0,
+                    lr: float = 1e-3, epochs_per_task: int = 1, batch_size: int = 100,
+                    fisher_estimator: str = "exact", fisher_num_examples: int | None = None,
+                    fisher_batch_size: int | None = None, penalty_mode: str = "separate",
+                    gamma: float = 1.0, eval_every: int | None = None,
+                    eval_num_examples: int | None = None, seed: int = 0,
+                    progress: bool = True) -> ContinualHistory:
+    r"""Train ``model`` on ``tasks`` in order with plain SGD (+ L2 or EWC); return the history.
+
+    Objective while training task ``t`` (minibatch ``b`` of task ``t``):
+
+        mean_{n in b} CE(model(x_n), y_n) + penalty(theta)
+
+    with ``penalty = 0`` (``"sgd"``), ``L2Penalty(lam)`` (``"l2"``: ``(lam/2) sum_i
+    (theta_i - theta*_i)^2``) or ``EWCPenalty(lam, penalty_mode, gamma)`` (``"ewc"``:
+    ``(lam/2) sum_i F_i (theta_i - theta*_i)^2``, ``F`` the **mean** Fisher diagonal over
+    ``fisher_num_examples`` training images of each earlier task), consolidated at the end of
+    every task but the last. Since both the loss and ``F`` are means, Bayes' value of ``lam``
+    is ``N_A / N_B`` (1 here); useful values are much larger.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps a batch ``(B, D)`` to logits ``(B, C)``. Trained in place (nothing is restored).
+        Train mode during SGD steps (dropout active); eval mode for evaluation and Fisher.
+    tasks : sequence of tasks
+        Objects with ``x_train, y_train, x_test, y_test`` tensors (``int64`` labels) and
+        optionally ``name`` -- e.g. :func:`ewc_lib.tasks.permuted_mnist_tasks`.
+    method : {"sgd", "l2", "ewc"}
+    lam : float >= 0
+        Penalty strength; must be 0 for ``"sgd"``.
+    lr : float > 0
+        SGD step size.
+    epochs_per_task, batch_size : int
+        Each epoch visits a fresh random order of the task's training set in minibatches of
+        ``batch_size`` (the last one may be smaller).
+    fisher_estimator : {"exact", "mc", "empirical", "batched_empirical"}
+        Passed to :func:`ewc_lib.fisher_diagonal` (EWC only). The empirical estimators use the
+        training labels; ``"mc"`` draws labels with a generator seeded from ``seed``.
+    fisher_num_examples : int or None
+        The Fisher uses the first ``fisher_num_examples`` training images (all if ``None``
+        or if the task has fewer).
+    fisher_batch_size : int or None
+        Minibatch size of ``"batched_empirical"`` (default ``batch_size``, as in Avalanche);
+        ignored by the other estimators.
+    penalty_mode : {"separate", "online"}, gamma : float in (0, 1]
+        Several old tasks: separate penalties (Kirkpatrick) or one recursive penalty with
+        ``F <- gamma F + F_new`` (Huszar, online EWC); see :class:`EWCPenalty`. Also used
+        for ``"l2"``.
+    eval_every : int or None
+        Evaluate every task every ``eval_every`` global steps (and at step 0). ``None``: only
+        at the end of each task.
+    eval_num_examples : int or None
+        Evaluate on the first ``eval_num_examples`` test images of each task (all if None).
+    seed : int
+        Seeds the minibatch order (a ``torch.Generator``), the MC Fisher labels (a second
+        generator, ``seed + 1``) and dropout (the global RNG, inside ``torch.random.fork_rng``
+        so that the caller's RNG state is left untouched). Same seed, same model init ->
+        identical history.
+    progress : bool
+        Show a ``tqdm.auto`` progress bar over all SGD steps.
+
+    Returns
+    -------
+    ContinualHistory
+
+    Examples
+    --------
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(64, 5, generator=g); y = (x[:, 0] > 0).long()
+    >>> task = SimpleNamespace(name="A", x_train=x, y_train=y, x_test=x, y_test=y)
+    >>> net = torch.nn.Linear(5, 2)
+    >>> hist = train_continual(net, [task, task], method="l2", lam=1.0, lr=0.1,
+    ...                        batch_size=16, progress=False)
+    >>> hist.accuracy_matrix().shape, len(hist.records), hist.task_boundaries
+    ((2, 2), 4, [0, 4])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    task_names = _check_tasks(tasks)
+    if method not in _METHODS:
+        raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) \
+            or lam < 0:
+        raise ValueError(f"lam: expected a finite number >= 0, got {lam!r}")
+    if method == "sgd" and lam != 0:
+        raise ValueError(f"lam: method='sgd' has no penalty, so lam must be 0 (got {lam!r}); "
+                         "use method='l2' or 'ewc'")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
+    epochs_per_task = _check_int("epochs_per_task", epochs_per_task)
+    batch_size = _check_int("batch_size", batch_size)
+    fisher_num_examples = _check_int("fisher_num_examples", fisher_num_examples, allow_none=True)
+    fisher_batch_size = _check_int("fisher_batch_size", fisher_batch_size, allow_none=True)
+    eval_every = _check_int("eval_every", eval_every, allow_none=True)
+    eval_num_examples = _check_int("eval_num_examples", eval_num_examples, allow_none=True)
+    seed = _check_int("seed", seed, minimum=0)
+    if fisher_estimator not in _ESTIMATORS:
+        raise ValueError(f"fisher_estimator: expected one of {_ESTIMATORS}, got {fisher_estimator!r}")
+    # Validates penalty_mode, gamma (and lam) once, before any training happens.
+    if method == "l2":
+        penalty = L2Penalty(lam, mode=penalty_mode, gamma=gamma)
+    else:
+        penalty = EWCPenalty(lam, mode=penalty_mode, gamma=gamma)
+    if method == "sgd":
+        penalty = None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model: it has no trainable parameters")
+    dtype = params[0].dtype
+
+    n_train = [t.x_train.shape[0] for t in tasks]
+    steps_per_task = [epochs_per_task * math.ceil(n / batch_size) for n in n_train]
+    config = dict(method=method, lam=float(lam), lr=float(lr), epochs_per_task=epochs_per_task,
+                  batch_size=batch_size, fisher_estimator=fisher_estimator,
+                  fisher_num_examples=fisher_num_examples,
+                  fisher_batch_size=fisher_batch_size if fisher_batch_size else batch_size,
+                  penalty_mode=penalty_mode, gamma=float(gamma), eval_every=eval_every,
+                  eval_num_examples=eval_num_examples, seed=seed, task_names=task_names,
+                  num_params=sum(p.numel() for p in params), steps_per_task=steps_per_task)
+    eval_sets = []
+    for task in tasks:
+        n = task.x_test.shape[0] if eval_num_examples is None else min(eval_num_examples,
+                                                                       task.x_test.shape[0])
+        eval_sets.append((task.x_test[:n].to(dtype), task.y_test[:n]))
+
+    records: list[dict] = []
+    boundaries: list[int] = []
+    optimizer = torch.optim.SGD(params, lr=float(lr))
+    batch_gen = torch.Generator().manual_seed(seed)
+    fisher_gen = torch.Generator().manual_seed(seed + 1)
+
+    def evaluate(step, epoch, trained_task, end_of_task):
+        for j, (xe, ye) in enumerate(eval_sets):
+            records.append(dict(step=step, epoch=epoch, trained_task=trained_task, eval_task=j,
+                                accuracy=evaluate_accuracy(model, xe, ye),
+                                end_of_task=end_of_task))
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    step = 0
+    bar = tqdm(total=sum(steps_per_task), desc=f"{method} ({len(tasks)} tasks)",
+               disable=not progress, leave=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if eval_every is not None:
+            evaluate(0, 0, 0, False)
+        for t, task in enumerate(tasks):
+            boundaries.append(step)
+            x, y = task.x_train.to(dtype), task.y_train
+            for epoch in range(epochs_per_task):
+                order = torch.randperm(x.shape[0], generator=batch_gen)
+                for start in range(0, x.shape[0], batch_size):
+                    idx = order[start:start + batch_size]
+                    model.train()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                    if penalty is not None and penalty.num_tasks > 0:
+                        loss = loss + penalty(model)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"loss became {float(loss)} at step {step} (task {t}); lower lr or lam")
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    bar.update(1)
+                    last_step_of_task = (epoch == epochs_per_task - 1
+                                         and start + batch_size >= x.shape[0])
+                    if eval_every is not None and step % eval_every == 0 and not last_step_of_task:
+                        evaluate(step, epoch, t, False)
+            evaluate(step, epochs_per_task - 1, t, True)
+            if penalty is not None and t < len(tasks) - 1:
+                if method == "ewc":
+                    fisher = _fisher(model, x, y, fisher_estimator, fisher_num_examples,
+                                     fisher_batch_size or batch_size, fisher_gen)
+                    penalty.consolidate(model, fisher)
+                else:
+                    penalty.consolidate(model)
+    bar.close()
+    model.eval()
+    return ContinualHistory(method=method, config=config, task_names=task_names, records=records,
+                            task_boundaries=boundaries, penalty=penalty,
+                            cpu_seconds=time.process_time() - cpu0,
+                            wall_seconds=time.perf_counter() - wall0)
+
+
+def _fisher(model, x, y, estimator, num_examples, batch_size, generator):
+    """Mean diagonal Fisher of the categorical likelihood at the current parameters."""
+    from . import curvature  # looked up at call time (tests may substitute a reference)
+
+    n = x.shape[0] if num_examples is None else min(num_examples, x.shape[0])
+    kwargs = dict(likelihood="categorical", estimator=estimator)
+    if estimator in ("empirical", "batched_empirical"):
+        kwargs["targets"] = y[:n]
+    if estimator == "batched_empirical":
+        kwargs["batch_size"] = batch_size
+    if estimator == "mc":
+        kwargs["generator"] = generator
+    model.eval()
+    return curvature.fisher_diagonal(model, x[:n], **kwargs)

@@ -1,1 +1,304 @@
-"""Placeholder: being written (see the issue tracker)."""
+"""Quadratic consolidation penalties: EWC (diagonal Fisher) and L2 (identity).
+
+The EWC penalty of :cite:`kirkpatrick2017overcoming`, equation (3), for one old task is
+
+    penalty(theta) = (lam / 2) * sum_i F_i * (theta_i - theta_star_i) ** 2
+
+with ``theta_star`` the parameters at the end of the old task (the *anchor*) and ``F`` the
+diagonal of the Fisher at the anchor, as returned by :func:`ewc_lib.fisher_diagonal`.
+
+Conventions (kept in the whole book)
+------------------------------------
+* ``F`` is a **mean** over the old task's data points (not a sum). With a task loss that
+  is also a mean, Bayes' rule gives ``lam = N_A / N_B`` (``1`` for equal-sized tasks); a
+  summed loss with a summed Fisher gives ``lam = 1``.
+* The factor ``1/2`` is part of the penalty, so its gradient is ``lam * F * (theta -
+  theta_star)`` and its Hessian is ``lam * diag(F)``.
+
+Several old tasks
+-----------------
+``mode="separate"`` (Kirkpatrick et al.): one term per consolidated task, each anchored at
+the parameters at the end of *that* task,
+
+    penalty(theta) = (lam / 2) * sum_t sum_i F_{t,i} * (theta_i - theta_star_{t,i}) ** 2.
+
+``mode="online"`` (Huszar's recursion; with ``gamma < 1`` the online EWC of Schwarz et al.):
+a single term anchored at the **latest** consolidated parameters, whose Fisher is updated as
+``F <- gamma * F + F_new`` at every consolidation,
+
+    penalty(theta) = (lam / 2) * sum_i F_i * (theta_i - theta_star_{T,i}) ** 2.
+
+After one task both modes give the same penalty.
+
+>>> import torch
+>>> from ewc_lib import EWCPenalty
+>>> net = torch.nn.Linear(2, 1)
+>>> fisher = {n: torch.ones_like(p) for n, p in net.named_parameters()}
+>>> pen = EWCPenalty(lam=10.0)
+>>> pen.consolidate(net, fisher)
+>>> pen(net).item()          # zero at the anchor
+0.0
+>>> with torch.no_grad():
+...     net.bias += 1.0
+>>> pen(net).item()          # (10 / 2) * 1 * 1 ** 2
+5.0
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["EWCPenalty", "L2Penalty"]
+
+_MODES = ("separate", "online")
+
+
+def _check_lam(lam) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
+        raise TypeError(f"lam: expected a real number, got {type(lam).__name__}")
+    lam = float(lam)
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam: expected a finite number >= 0, got {lam!r}")
+    return lam
+
+
+def _check_mode_gamma(mode, gamma) -> tuple[str, float]:
+    if mode not in _MODES:
+        raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+        raise TypeError(f"gamma: expected a real number in (0, 1], got {type(gamma).__name__}")
+    gamma = float(gamma)
+    if not (0.0 < gamma <= 1.0):
+        raise ValueError(f"gamma: expected a number in (0, 1], got {gamma!r}")
+    if mode == "separate" and gamma != 1.0:
+        raise ValueError(
+            f"gamma: the decay gamma={gamma!r} only applies to mode='online'; "
+            "mode='separate' keeps every task's term unchanged (use gamma=1.0)"
+        )
+    return mode, gamma
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("model: it has no trainable parameters to consolidate")
+    return params
+
+
+def _check_fisher(fisher, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Validate a diagonal-Fisher dict against the model's parameters; return detached copies."""
+    if not isinstance(fisher, Mapping):
+        raise TypeError(
+            f"fisher: expected a dict name -> tensor (as returned by ewc_lib.fisher_diagonal), "
+            f"got {type(fisher).__name__}"
+        )
+    unknown = sorted(set(fisher) - set(params))
+    missing = sorted(set(params) - set(fisher))
+    if unknown:
+        raise ValueError(f"fisher: names not among the model's trainable parameters: {unknown}")
+    if missing:
+        raise ValueError(f"fisher: no entry for the model's trainable parameters {missing}")
+    out = {}
+    for name, p in params.items():
+        f = fisher[name]
+        if not isinstance(f, torch.Tensor):
+            raise TypeError(f"fisher[{name!r}]: expected a torch.Tensor, got {type(f).__name__}")
+        if tuple(f.shape) != tuple(p.shape):
+            raise ValueError(
+                f"fisher[{name!r}]: shape {tuple(f.shape)} does not match the parameter's "
+                f"shape {tuple(p.shape)}"
+            )
+        f = f.detach().to(device=p.device, dtype=p.dtype).clone()
+        if not torch.isfinite(f).all():
+            raise ValueError(f"fisher[{name!r}]: contains NaN or inf")
+        if (f < 0).any():
+            raise ValueError(
+                f"fisher[{name!r}]: has negative entries (min {float(f.min()):.3g}); a Fisher "
+                "diagonal is >= 0"
+            )
+        out[name] = f
+    return out
+
+
+class EWCPenalty:
+    r"""The EWC penalty ``(lam/2) * sum_i F_i (theta_i - theta_star_i)**2`` over old tasks.
+
+    Parameters
+    ----------
+    lam : float >= 0
+        Strength of the penalty. With a *mean* task loss and a *mean* Fisher (the book's and
+        :func:`ewc_lib.fisher_diagonal`'s convention), the Bayesian value is
+        ``N_A / N_B`` -- 1 for tasks of equal size. Practice uses larger values.
+    mode : {"separate", "online"}
+        ``"separate"``: one term per consolidated task, anchored at the parameters at the end
+        of that task (Kirkpatrick et al. 2017). ``"online"``: a single term anchored at the
+        latest consolidated parameters with ``F <- gamma * F + F_new`` (Huszar 2018 for
+        ``gamma = 1``, online EWC of Schwarz et al. 2018 for ``gamma < 1``).
+    gamma : float in (0, 1]
+        Decay of the accumulated Fisher in ``"online"`` mode. Must be 1 for ``"separate"``.
+
+    Notes
+    -----
+    * :meth:`consolidate` copies (detaches) the parameters and the Fisher; later changes of
+      the model or of the Fisher dict do not change the stored anchor.
+    * :meth:`penalty` (also ``pen(model)``) is differentiable with respect to the model's
+      parameters; its gradient is ``lam * sum_t F_t * (theta - theta_star_t)``.
+    * Every trainable parameter of the model must have a Fisher entry of the same shape;
+      parameters with ``requires_grad=False`` are not penalised.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Linear(3, 2)
+    >>> pen = EWCPenalty(lam=100.0, mode="online", gamma=0.9)
+    >>> pen.consolidate(net, {n: torch.rand_like(p) for n, p in net.named_parameters()})
+    >>> pen.num_tasks, pen(net).item()
+    (1, 0.0)
+    """
+
+    def __init__(self, lam, mode: str = "separate", gamma: float = 1.0):
+        self.lam = _check_lam(lam)
+        self.mode, self.gamma = _check_mode_gamma(mode, gamma)
+        self._anchors: list[dict[str, torch.Tensor]] = []
+        self._fishers: list[dict[str, torch.Tensor]] = []
+        self._num_tasks = 0
+
+    # ------------------------------------------------------------------ state
+    @property
+    def num_tasks(self) -> int:
+        """How many times :meth:`consolidate` was called since creation or :meth:`reset`."""
+        return self._num_tasks
+
+    @property
+    def num_terms(self) -> int:
+        """Number of stored quadratic terms: ``num_tasks`` (separate) or at most 1 (online)."""
+        return len(self._anchors)
+
+    @property
+    def anchors(self) -> list[dict[str, torch.Tensor]]:
+        """The stored anchors ``theta_star`` (one dict per term; copies)."""
+        return [{n: a.clone() for n, a in d.items()} for d in self._anchors]
+
+    @property
+    def fishers(self) -> list[dict[str, torch.Tensor]]:
+        """The stored Fisher diagonals (one dict per term, decayed/summed in online mode)."""
+        return [{n: f.clone() for n, f in d.items()} for d in self._fishers]
+
+    def reset(self) -> None:
+        """Forget every consolidated task (the penalty becomes 0)."""
+        self._anchors, self._fishers, self._num_tasks = [], [], 0
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(lam={self.lam!r}, mode={self.mode!r}, "
+                f"gamma={self.gamma!r}, num_tasks={self._num_tasks})")
+
+    # ------------------------------------------------------------ consolidate
+    def consolidate(self, model: nn.Module, fisher) -> None:
+        """Store the model's current parameters as an anchor, with the Fisher diagonal ``fisher``.
+
+        ``fisher`` maps every trainable parameter name of ``model`` to a tensor of that
+        parameter's shape with finite entries ``>= 0`` (as from ``ewc_lib.fisher_diagonal``).
+        In ``"separate"`` mode a new term is appended; in ``"online"`` mode the single term
+        becomes anchor = current parameters, ``F = gamma * F_old + fisher``.
+        """
+        params = _trainable(model)
+        fisher = _check_fisher(fisher, params)
+        anchor = {n: p.detach().clone() for n, p in params.items()}
+        if self.mode == "separate" or not self._anchors:
+            self._anchors.append(anchor)
+            self._fishers.append(fisher)
+        else:
+            old = self._fishers[0]
+            if set(old) != set(fisher) or any(old[n].shape != fisher[n].shape for n in fisher):
+                raise ValueError("model: its parameters differ from those of the earlier "
+                                 "consolidations (names or shapes)")
+            self._fishers[0] = {n: self.gamma * old[n] + fisher[n] for n in fisher}
+            self._anchors[0] = anchor
+        self._num_tasks += 1
+
+    # ---------------------------------------------------------------- penalty
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """The scalar ``(lam/2) * sum_terms sum_i F_i (theta_i - theta_star_i)**2`` (a 0-dim tensor).
+
+        Returns a zero tensor when nothing has been consolidated yet. Differentiable with
+        respect to the model's parameters.
+        """
+        params = _trainable(model)
+        if not self._anchors:
+            p0 = next(iter(params.values()))
+            return torch.zeros((), dtype=p0.dtype, device=p0.device)
+        names = self._anchors[0].keys()
+        if set(params) != set(names):
+            raise ValueError(
+                f"model: trainable parameter names {sorted(params)} differ from the "
+                f"consolidated ones {sorted(names)}"
+            )
+        total = None
+        for anchor, fisher in zip(self._anchors, self._fishers):
+            for name, p in params.items():
+                if p.shape != anchor[name].shape:
+                    raise ValueError(f"model: parameter {name!r} has shape {tuple(p.shape)}, "
+                                     f"the anchor has {tuple(anchor[name].shape)}")
+                term = (fisher[name] * (p - anchor[name]) ** 2).sum()
+                total = term if total is None else total + term
+        return 0.5 * self.lam * total
+
+    __call__ = penalty
+
+    # ------------------------------------------------------------- save/load
+    def state_dict(self) -> dict:
+        """A dict with ``lam``, ``mode``, ``gamma``, ``num_tasks``, ``anchors`` and ``fishers``."""
+        return {"lam": self.lam, "mode": self.mode, "gamma": self.gamma,
+                "num_tasks": self._num_tasks, "anchors": self.anchors, "fishers": self.fishers}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore from :meth:`state_dict` (checks lam, mode, gamma and the stored tensors)."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state: expected a dict, got {type(state).__name__}")
+        missing = {"lam", "mode", "gamma", "num_tasks", "anchors", "fishers"} - set(state)
+        if missing:
+            raise ValueError(f"state: missing keys {sorted(missing)}")
+        lam = _check_lam(state["lam"])
+        mode, gamma = _check_mode_gamma(state["mode"], state["gamma"])
+        anchors, fishers = list(state["anchors"]), list(state["fishers"])
+        if len(anchors) != len(fishers):
+            raise ValueError("state: 'anchors' and 'fishers' have different lengths")
+        for a, f in zip(anchors, fishers):
+            ref = {n: t for n, t in a.items()}
+            _check_fisher(f, ref)
+        self.lam, self.mode, self.gamma = lam, mode, gamma
+        self._anchors = [{n: t.detach().clone() for n, t in a.items()} for a in anchors]
+        self._fishers = [{n: t.detach().clone() for n, t in f.items()} for f in fishers]
+        self._num_tasks = int(state["num_tasks"])
+
+
+class L2Penalty(EWCPenalty):
+    """The L2 penalty ``(lam/2) * sum_i (theta_i - theta_star_i)**2``: EWC with ``F = 1``.
+
+    Same interface as :class:`EWCPenalty`, except that :meth:`consolidate` takes no Fisher
+    (only ``fisher=None``): every parameter gets the same stiffness, which is why L2 protects
+    the old task but leaves little room to learn a new one (the paper's Figure 2A).
+
+    >>> import torch
+    >>> net = torch.nn.Linear(1, 1, bias=False)
+    >>> pen = L2Penalty(lam=2.0)
+    >>> pen.consolidate(net)
+    >>> with torch.no_grad():
+    ...     net.weight += 3.0
+    >>> pen(net).item()     # (2 / 2) * 3 ** 2
+    9.0
+    """
+
+    def consolidate(self, model: nn.Module, fisher=None) -> None:  # noqa: D102
+        if fisher is not None:
+            raise TypeError("fisher: L2Penalty uses F = 1 for every parameter; pass fisher=None "
+                            "(or use EWCPenalty for a Fisher-weighted penalty)")
+        params = _trainable(model)
+        super().consolidate(model, {n: torch.ones_like(p.detach()) for n, p in params.items()})
