@@ -383,13 +383,19 @@ def laplace_approximation(
     max_iter: int = 500,
     grad_tol: float = 1e-8,
     newton_steps: int = 20,
+    decrement_tol: float = 1e-10,
 ) -> LaplaceGaussian:
     r"""Laplace approximation :math:`\mathcal N(\theta^*, A^{-1})` of the density :math:`\propto \exp(\text{log\_density})`.
 
     :math:`\theta^*` = :func:`find_mode` from ``init`` (gradient max-norm :math:`\le` ``grad_tol``);
     :math:`A = -\nabla^2 \log f(\theta^*)` = :func:`negative_hessian`, which must be positive
     definite (Cholesky), else :class:`NotPositiveDefiniteError` is raised with its smallest
-    eigenvalue.
+    eigenvalue. A second, scale-free stationarity test follows: the Newton decrement
+    :math:`\tfrac12 g^\top A^{-1} g` (with :math:`g = \nabla\log f(\theta^*)`; the increase of
+    :math:`\log f` that one more Newton step would predict, in nats) must be
+    :math:`\le` ``decrement_tol``, else :class:`ModeNotFoundError` (this catches "modes" at
+    infinity of densities such as :math:`f(p) = (1-p)^{19}`, where the gradient is tiny only
+    because the curvature is tinier).
 
     ``log_density`` maps a float64 tensor of shape ``(d,)`` to a scalar tensor; it is the
     *unnormalised* log density (for a posterior: log-likelihood **summed** over the data plus
@@ -413,6 +419,16 @@ def laplace_approximation(
             f"the negative Hessian at the stationary point {mode.tolist()} is not positive definite "
             f"(eigenvalues {eig.tolist()}): the point is a saddle, a minimum or a flat direction, "
             "so no Gaussian approximation exists there"
+        )
+    if not (isinstance(decrement_tol, (int, float)) and decrement_tol > 0):
+        raise ValueError(f"decrement_tol must be a positive number, got {decrement_tol!r}")
+    _, g = _value_and_grad(log_density, mode)
+    decrement = 0.5 * float(g @ torch.cholesky_solve(g.unsqueeze(1), chol).squeeze(1))
+    if not decrement <= decrement_tol:
+        raise ModeNotFoundError(
+            f"mode not found: at {mode.tolist()} the Newton decrement 0.5 g^T A^-1 g = {decrement:.3g} "
+            f"nats > decrement_tol={decrement_tol:.3g}, although the gradient max-norm is {gnorm:.3g}; "
+            "the density keeps increasing along a flat direction (unbounded, or maximum at infinity)"
         )
     return LaplaceGaussian(mode, a, log_density_at_mode=val, grad_norm=gnorm)
 

@@ -219,6 +219,13 @@ def test_mode_not_found_boundary_maximum():
         laplace_approximation(log_f, torch.tensor([0.5], dtype=F64))
 
 
+def test_mode_not_found_maximum_at_infinity():
+    # f(p) = (1 - p)^19 on p < 1 increases forever as p -> -inf; its gradient becomes tiny there,
+    # but the Newton decrement (scale-free) shows the point is not a mode
+    with pytest.raises(ModeNotFoundError, match="Newton decrement"):
+        laplace_approximation(lambda p: 19.0 * torch.log1p(-p).sum(), torch.tensor([0.5], dtype=F64))
+
+
 def test_mode_not_found_too_few_iterations():
     # Rosenbrock-like banana: one L-BFGS iteration and no Newton steps cannot reach the mode
     def log_f(t):
@@ -248,6 +255,8 @@ def test_bad_options():
         find_mode(_quad, [0.0], grad_tol=-1.0)
     with pytest.raises(ValueError, match="newton_steps"):
         find_mode(_quad, [0.0], newton_steps=-1)
+    with pytest.raises(ValueError, match="decrement_tol"):
+        laplace_approximation(_quad, [0.0], decrement_tol=0.0)
 
 
 def test_gaussian_bad_input():
