@@ -318,7 +318,7 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
                         loss = loss + penalty(model)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
-                            f"loss became {float(loss)} at step {step} (task {t}); lower lr or lam")
+                            f"loss became {float(loss.detach())} at step {step} (task {t}); lower lr or lam")
                     loss.backward()
                     optimizer.step()
                     step += 1

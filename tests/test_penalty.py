@@ -1,0 +1,275 @@
+"""Tests for ewc_lib.penalty: laws of the quadratic EWC / L2 penalties, in float64.
+
+Brute-force reference: the penalty written out on flattened vectors,
+(lam/2) * sum_t sum_i F_{t,i} (theta_i - theta*_{t,i})^2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ewc_lib import EWCPenalty, L2Penalty
+
+#: float64 identities (sums of a few hundred products): round-off is ~1e-14 relative.
+RTOL = 1e-10
+ATOL = 1e-12
+FAST = settings(max_examples=25, deadline=None)
+
+
+def make_net(seed: int, width: int = 3) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(2, width), torch.nn.Tanh(),
+                               torch.nn.Linear(width, 2)).double()
+
+
+def random_fisher(net, seed: int, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    return {n: scale * torch.rand(p.shape, generator=g, dtype=p.dtype)
+            for n, p in net.named_parameters()}
+
+
+def perturb(net, seed: int, scale: float = 0.5):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def flat(d_or_params):
+    if isinstance(d_or_params, dict):
+        return torch.cat([v.reshape(-1) for v in d_or_params.values()])
+    return torch.cat([p.detach().reshape(-1) for p in d_or_params])
+
+
+def reference(lam, anchors, fishers, theta):
+    return 0.5 * lam * sum(float((f * (theta - a) ** 2).sum()) for a, f in zip(anchors, fishers))
+
+
+seeds = st.integers(0, 10_000)
+lams = st.floats(0.0, 1e3, allow_nan=False, allow_infinity=False)
+
+
+# ----------------------------------------------------------------------------- laws
+@FAST
+@given(seed=seeds, lam=lams, mode=st.sampled_from(["separate", "online"]))
+def test_nonnegative_and_zero_at_anchor(seed, lam, mode):
+    net = make_net(seed)
+    pen = EWCPenalty(lam, mode=mode)
+    pen.consolidate(net, random_fisher(net, seed))
+    assert pen(net).item() == 0.0  # exactly zero at the anchor
+    perturb(net, seed + 1)
+    assert pen(net).item() >= 0.0
+
+
+@FAST
+@given(seed=seeds, lam=lams)
+def test_value_matches_formula(seed, lam):
+    net = make_net(seed)
+    fisher = random_fisher(net, seed)
+    anchor = flat(net.parameters()).clone()
+    pen = EWCPenalty(lam)
+    pen.consolidate(net, fisher)
+    perturb(net, seed + 1)
+    expected = reference(lam, [anchor], [flat(fisher)], flat(net.parameters()))
+    assert math.isclose(pen(net).item(), expected, rel_tol=RTOL, abs_tol=ATOL)
+
+
+@FAST
+@given(seed=seeds, lam=lams, mode=st.sampled_from(["separate", "online"]),
+       num_tasks=st.integers(1, 3))
+def test_gradient_is_lam_F_delta(seed, lam, mode, num_tasks):
+    """Autograd gradient == lam * sum_t F_t (theta - theta*_t) (the 1/2 cancels the 2)."""
+    net = make_net(seed)
+    pen = EWCPenalty(lam, mode=mode)
+    anchors, fishers = [], []
+    for t in range(num_tasks):
+        perturb(net, seed + 10 * t)
+        f = random_fisher(net, seed + 10 * t + 1)
+        anchors.append({n: p.detach().clone() for n, p in net.named_parameters()})
+        fishers.append(f)
+        pen.consolidate(net, f)
+    perturb(net, seed + 999)
+    pen(net).backward()
+    for name, p in net.named_parameters():
+        if mode == "separate":
+            expected = lam * sum(f[name] * (p.detach() - a[name]) for a, f in zip(anchors, fishers))
+        else:  # one term: summed Fishers, latest anchor
+            expected = lam * sum(f[name] for f in fishers) * (p.detach() - anchors[-1][name])
+        torch.testing.assert_close(p.grad, expected, rtol=RTOL, atol=ATOL)
+
+
+@FAST
+@given(seed=seeds, lam=lams)
+def test_separate_equals_online_after_one_task(seed, lam):
+    net = make_net(seed)
+    fisher = random_fisher(net, seed)
+    sep, onl = EWCPenalty(lam, "separate"), EWCPenalty(lam, "online", gamma=0.5)
+    sep.consolidate(net, fisher)
+    onl.consolidate(net, fisher)
+    perturb(net, seed + 1)
+    assert math.isclose(sep(net).item(), onl(net).item(), rel_tol=RTOL, abs_tol=ATOL)
+
+
+@FAST
+@given(seed=seeds, lam=lams, gamma=st.floats(0.01, 1.0))
+def test_online_recursion(seed, lam, gamma):
+    """Online after two tasks == one penalty with gamma*F_A + F_B anchored at the latest optimum."""
+    net = make_net(seed)
+    f_a, f_b = random_fisher(net, seed), random_fisher(net, seed + 1)
+    onl = EWCPenalty(lam, "online", gamma=gamma)
+    onl.consolidate(net, f_a)
+    perturb(net, seed + 2)
+    onl.consolidate(net, f_b)
+    single = EWCPenalty(lam)
+    single.consolidate(net, {n: gamma * f_a[n] + f_b[n] for n in f_a})
+    perturb(net, seed + 3)
+    assert onl.num_tasks == 2 and onl.num_terms == 1
+    assert math.isclose(onl(net).item(), single(net).item(), rel_tol=RTOL, abs_tol=ATOL)
+
+
+@FAST
+@given(seed=seeds, lam=lams)
+def test_separate_two_tasks_sum_of_terms(seed, lam):
+    net = make_net(seed)
+    pen = EWCPenalty(lam)
+    anchors, fishers = [], []
+    for t in range(2):
+        perturb(net, seed + t)
+        fishers.append(random_fisher(net, seed + 5 + t))
+        anchors.append(flat(net.parameters()).clone())
+        pen.consolidate(net, fishers[-1])
+    perturb(net, seed + 7)
+    expected = reference(lam, anchors, [flat(f) for f in fishers], flat(net.parameters()))
+    assert pen.num_terms == 2
+    assert math.isclose(pen(net).item(), expected, rel_tol=RTOL, abs_tol=ATOL)
+
+
+@FAST
+@given(seed=seeds, lam=lams, mode=st.sampled_from(["separate", "online"]))
+def test_l2_is_ewc_with_unit_fisher(seed, lam, mode):
+    net = make_net(seed)
+    l2, ewc = L2Penalty(lam, mode=mode), EWCPenalty(lam, mode=mode)
+    for t in range(2):
+        perturb(net, seed + t)
+        l2.consolidate(net)
+        ewc.consolidate(net, {n: torch.ones_like(p) for n, p in net.named_parameters()})
+    perturb(net, seed + 9)
+    assert math.isclose(l2(net).item(), ewc(net).item(), rel_tol=RTOL, abs_tol=ATOL)
+
+
+def test_anchor_is_a_copy_and_fisher_is_a_copy():
+    net = make_net(0)
+    fisher = random_fisher(net, 0)
+    pen = EWCPenalty(1.0)
+    pen.consolidate(net, fisher)
+    for f in fisher.values():
+        f.mul_(100.0)  # changing the caller's dict must not change the stored Fisher
+    perturb(net, 1)
+    assert pen(net).item() > 0.0  # the anchor did not move with the parameters
+    stored = pen.fishers[0]
+    assert all(float(v.max()) <= 1.0 for v in stored.values())
+
+
+def test_empty_penalty_is_zero_and_reset():
+    net = make_net(0)
+    pen = EWCPenalty(3.0)
+    assert pen(net).item() == 0.0 and pen.num_tasks == 0
+    pen.consolidate(net, random_fisher(net, 0))
+    perturb(net, 1)
+    assert pen(net).item() > 0
+    pen.reset()
+    assert pen.num_tasks == 0 and pen(net).item() == 0.0
+
+
+def test_penalty_lam_zero_is_zero():
+    net = make_net(0)
+    pen = EWCPenalty(0.0)
+    pen.consolidate(net, random_fisher(net, 0))
+    perturb(net, 1)
+    assert pen(net).item() == 0.0
+
+
+def test_state_dict_roundtrip():
+    net = make_net(0)
+    pen = EWCPenalty(7.0, mode="online", gamma=0.8)
+    pen.consolidate(net, random_fisher(net, 0))
+    perturb(net, 1)
+    pen.consolidate(net, random_fisher(net, 2))
+    other = EWCPenalty(1.0)
+    other.load_state_dict(pen.state_dict())
+    perturb(net, 3)
+    assert other.mode == "online" and other.gamma == 0.8 and other.num_tasks == 2
+    assert other(net).item() == pen(net).item()
+
+
+def test_float32_model():
+    net = torch.nn.Linear(3, 2)
+    pen = EWCPenalty(2.0)
+    pen.consolidate(net, {n: torch.ones_like(p) for n, p in net.named_parameters()})
+    assert pen(net).dtype == torch.float32
+
+
+# --------------------------------------------------------------------- bad input
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="lam"):
+        EWCPenalty(-1.0)
+    with pytest.raises(ValueError, match="lam"):
+        EWCPenalty(float("nan"))
+    with pytest.raises(TypeError, match="lam"):
+        EWCPenalty("1")
+    with pytest.raises(ValueError, match="mode"):
+        EWCPenalty(1.0, mode="sum")
+    for gamma in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="gamma"):
+            EWCPenalty(1.0, mode="online", gamma=gamma)
+    with pytest.raises(ValueError, match="gamma"):
+        EWCPenalty(1.0, mode="separate", gamma=0.9)
+    with pytest.raises(ValueError, match="lam"):
+        L2Penalty(-2.0)
+
+
+def test_bad_fisher():
+    net = make_net(0)
+    good = random_fisher(net, 0)
+    pen = EWCPenalty(1.0)
+    with pytest.raises(TypeError, match="fisher"):
+        pen.consolidate(net, [v for v in good.values()])
+    with pytest.raises(ValueError, match="no entry"):
+        pen.consolidate(net, {k: v for k, v in list(good.items())[1:]})
+    with pytest.raises(ValueError, match="not among"):
+        pen.consolidate(net, {**good, "extra.weight": torch.ones(1)})
+    name = next(iter(good))
+    with pytest.raises(ValueError, match="shape"):
+        pen.consolidate(net, {**good, name: torch.ones(7)})
+    for bad in (float("nan"), float("inf")):
+        f = {**good, name: good[name].clone().fill_(bad)}
+        with pytest.raises(ValueError, match="NaN or inf"):
+            pen.consolidate(net, f)
+    with pytest.raises(ValueError, match="negative"):
+        pen.consolidate(net, {**good, name: -good[name] - 1})
+    with pytest.raises(TypeError, match=r"fisher\["):
+        pen.consolidate(net, {**good, name: good[name].numpy()})
+    with pytest.raises(TypeError, match="model"):
+        pen.consolidate("not a model", good)
+    assert pen.num_tasks == 0  # nothing was stored by the failed calls
+
+
+def test_model_mismatch_at_penalty_time():
+    net = make_net(0, width=3)
+    pen = EWCPenalty(1.0)
+    pen.consolidate(net, random_fisher(net, 0))
+    with pytest.raises(ValueError, match="shape"):
+        pen(make_net(0, width=4))
+    with pytest.raises(ValueError, match="names"):
+        pen(torch.nn.Linear(2, 2).double())
+
+
+def test_l2_rejects_a_fisher():
+    net = make_net(0)
+    with pytest.raises(TypeError, match="fisher"):
+        L2Penalty(1.0).consolidate(net, random_fisher(net, 0))
