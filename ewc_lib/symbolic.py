@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-__all__ = ["FisherIdentityResult", "check_fisher_identity", "is_zero"]
+__all__ = ["FisherIdentityResult", "check_fisher_identity", "example_families", "is_zero"]
 
 
 @dataclass
@@ -341,3 +341,42 @@ def check_fisher_identity(log_density, variable, params, support) -> FisherIdent
         holds=holds,
         explanation=explanation,
     )
+
+
+def example_families() -> dict:
+    """The families the book checks, as ``name -> (log_density, variable, params, support)``.
+
+    * ``"Bernoulli (logit)"``: ``y eta - log(1 + e^eta)`` on ``{0, 1}``;
+    * ``"Categorical (softmax, K=3)"``: ``sum_k [y = k] eta_k - log sum_k e^{eta_k}`` on ``{0, 1, 2}``
+      (the indicator written with ``KroneckerDelta``);
+    * ``"Gaussian (mean, variance)"``: ``-(x - mu)^2 / (2 v) - log(2 pi v) / 2`` on the real line;
+    * ``"Poisson (log-rate)"``: ``k eta - e^eta - log k!`` on ``{0, 1, 2, ...}``;
+    * ``"Exponential (rate)"``: ``log lam - lam x`` on ``[0, oo)``;
+    * ``"Uniform(0, theta)"``: ``-log theta`` on ``[0, theta]`` -- the counterexample.
+
+    Each entry can be passed straight to :func:`check_fisher_identity`:
+
+    >>> fams = example_families()
+    >>> check_fisher_identity(*fams["Exponential (rate)"]).holds
+    True
+    """
+    y = sp.Symbol("y", integer=True)
+    k = sp.Symbol("k", integer=True, nonnegative=True)
+    x = sp.Symbol("x", real=True)
+    eta = sp.Symbol("eta", real=True)
+    etas = list(sp.symbols("eta0:3", real=True))
+    mu = sp.Symbol("mu", real=True)
+    v = sp.Symbol("v", positive=True)
+    lam = sp.Symbol("lambda", positive=True)
+    theta = sp.Symbol("theta", positive=True)
+    log_z3 = sp.log(sum(sp.exp(e) for e in etas))
+    return {
+        "Bernoulli (logit)": (y * eta - sp.log(1 + sp.exp(eta)), y, [eta], sp.FiniteSet(0, 1)),
+        "Categorical (softmax, K=3)": (
+            sum(sp.KroneckerDelta(y, c) * etas[c] for c in range(3)) - log_z3, y, etas, sp.Range(3)),
+        "Gaussian (mean, variance)": (
+            -((x - mu) ** 2) / (2 * v) - sp.log(2 * sp.pi * v) / 2, x, [mu, v], sp.Interval(-sp.oo, sp.oo)),
+        "Poisson (log-rate)": (k * eta - sp.exp(eta) - sp.log(sp.factorial(k)), k, [eta], sp.Range(0, sp.oo)),
+        "Exponential (rate)": (sp.log(lam) - lam * x, x, [lam], sp.Interval(0, sp.oo)),
+        "Uniform(0, theta)": (-sp.log(theta), x, [theta], sp.Interval(0, theta)),
+    }

@@ -235,3 +235,11 @@ def test_sympy_fisher_matches_library_fisher_matrix():
     f_mu = float(res_g.outer[0, 0].subs(s2, sigma2))
     lib_g = ewc_lib.fisher_matrix(model, inputs, likelihood="gaussian", estimator="exact", sigma2=sigma2)
     np.testing.assert_allclose(lib_g.detach().numpy(), [[x0**2 * f_mu]], rtol=FLOAT64_RTOL)
+
+
+def test_example_families_all_hold_except_uniform():
+    fams = symbolic.example_families()
+    assert len(fams) == 6
+    for name, args in fams.items():
+        res = check_fisher_identity(*args)
+        assert res.holds is (name != "Uniform(0, theta)"), name
