@@ -1,0 +1,463 @@
+"""Tests of ewc_lib.curvature (float64, against the brute-force loops of ewc_lib.reference)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import ewc_lib
+from ewc_lib import curvature, reference
+from ewc_lib.curvature import flatten_params
+
+from cases import CASES, CATEGORICAL, GAUSSIAN, Case, Wrapped, layer_zoo, make, make_inputs, make_model
+
+#: Identities between different float64 routes (outer products, second derivatives, J^T L J):
+#: observed round-off is ~1e-15 relative; 1e-10 leaves room without hiding real errors.
+EXACT_RTOL = 1e-10
+#: Monte Carlo comparisons: allowed number of standard errors per entry (all entries of a
+#: few dozen parameters must pass; a 6-sigma excursion has probability ~2e-9 per entry).
+MC_SIGMAS = 6.0
+#: float32 comparisons with BackPACK (different summation order): relative to the largest entry.
+FLOAT32_RTOL = 1e-4
+
+ESTIMATORS = ["exact", "mc", "empirical", "batched_empirical"]
+
+
+def assert_close(actual, expected, rtol=EXACT_RTOL, what="", scale=None):
+    """Compare relative to the largest |expected| entry (or to ``scale``); the message says
+    where and by how much."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    scale = expected.abs().max().clamp_min(1e-300) if scale is None else torch.as_tensor(scale)
+    err = (actual - expected).abs()
+    worst = int(err.argmax()) if err.numel() else 0
+    rel = (err.max() / scale).item() if err.numel() else 0.0
+    assert rel <= rtol, (
+        f"{what}: max |difference| / max |expected| = {rel:.3e} > {rtol:.0e} at flat index {worst} "
+        f"(actual {actual.reshape(-1)[worst].item():.6e}, expected {expected.reshape(-1)[worst].item():.6e}); "
+        f"{int((err > rtol * scale).sum())} of {err.numel()} entries off")
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def options(case, estimator, targets, seed=0):
+    return dict(likelihood=case.likelihood, sigma2=case.sigma2, estimator=estimator, targets=targets,
+                num_samples=3, batch_size=3 if estimator == "batched_empirical" else None, generator=gen(seed))
+
+
+# ------------------------------------------------------------------ the identities
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fisher_equals_expected_hessian_equals_ggn(case):
+    model, x, _ = make(case)
+    kw = dict(likelihood=case.likelihood, sigma2=case.sigma2)
+    F = ewc_lib.fisher_matrix(model, x, **kw)
+    assert_close(ewc_lib.expected_hessian(model, x, **kw), F, what=f"{case}: expected_hessian vs fisher")
+    assert_close(ewc_lib.ggn(model, x, **kw), F, what=f"{case}: ggn vs fisher")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_diagonal_of_matrix_is_fisher_diagonal(case, estimator):
+    model, x, y = make(case)
+    d = ewc_lib.fisher_diagonal(model, x, **options(case, estimator, y))
+    M = ewc_lib.fisher_matrix(model, x, **options(case, estimator, y))
+    assert list(d) == [n for n, p in model.named_parameters()]
+    assert all(d[n].shape == p.shape and d[n].dtype == p.dtype for n, p in model.named_parameters())
+    assert_close(flatten_params(d), M.diagonal(), what=f"{case}/{estimator}: diag(fisher_matrix)")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matrix_against_reference_loop(case, estimator):
+    model, x, y = make(case)
+    opts = options(case, estimator, y)
+    M = ewc_lib.fisher_matrix(model, x, **opts)
+    sampled = None
+    if estimator == "mc":
+        sampled = ewc_lib.sample_targets(model, x, likelihood=case.likelihood, num_samples=3, generator=gen(0),
+                                         sigma2=case.sigma2)
+    R = reference.fisher_matrix_loop(model, x, likelihood=case.likelihood, estimator=estimator, targets=y,
+                                     sampled_targets=sampled, batch_size=3, sigma2=case.sigma2)
+    assert_close(M, R, what=f"{case}/{estimator}: fisher_matrix vs per-example loop")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fast_path_equals_generic_path(case, estimator):
+    model, x, y = make(case)
+    assert curvature._fast_plan(model) is not None and curvature._fast_plan(Wrapped(model)) is None
+    fast = ewc_lib.fisher_diagonal(model, x, **options(case, estimator, y))
+    generic = ewc_lib.fisher_diagonal(Wrapped(model), x, **options(case, estimator, y))
+    assert_close(flatten_params(fast), flatten_params(generic), what=f"{case}/{estimator}: fast vs generic")
+
+
+@pytest.mark.parametrize("name,model,shape", layer_zoo(), ids=[z[0] for z in layer_zoo()])
+@pytest.mark.parametrize("estimator", ["exact", "mc", "empirical"])
+def test_fast_path_every_layer_type_against_reference(name, model, shape, estimator):
+    assert curvature._fast_plan(model) is not None, f"{name} should take the fast path"
+    x = torch.randn(7, *shape, generator=gen(3), dtype=torch.float64)
+    y = torch.randint(0, 3, (7,), generator=gen(4))
+    model.train()  # dropout must be switched off by the library and the mode restored
+    d = ewc_lib.fisher_diagonal(model, x, estimator=estimator, targets=y, num_samples=2, generator=gen(5),
+                                batch_size=3)
+    assert model.training
+    sampled = ewc_lib.sample_targets(model, x, num_samples=2, generator=gen(5))
+    ref = reference.fisher_diagonal_loop(model, x, estimator=estimator, targets=y, sampled_targets=sampled)
+    assert_close(flatten_params(d), flatten_params(ref), what=f"{name}/{estimator}: fast path vs loop")
+
+
+def test_frozen_parameters_are_left_out_and_flags_restored():
+    model = make_model(CASES[0])
+    model[0].weight.requires_grad_(False)
+    x = make_inputs(CASES[0])
+    d = ewc_lib.fisher_diagonal(model, x)
+    assert "0.weight" not in d and set(d) == {"0.bias", "2.weight", "2.bias"}
+    assert not model[0].weight.requires_grad and model[0].bias.requires_grad
+    ref = reference.fisher_diagonal_loop(model, x)
+    assert_close(flatten_params(d), flatten_params(ref), what="frozen first weight")
+    assert ewc_lib.fisher_matrix(model, x).shape == (sum(t.numel() for t in d.values()),) * 2
+
+
+def test_gaussian_fisher_scales_like_one_over_sigma2():
+    case = GAUSSIAN[1]
+    model, x, _ = make(case)
+    f1 = flatten_params(ewc_lib.fisher_diagonal(model, x, likelihood="gaussian", sigma2=1.0))
+    f4 = flatten_params(ewc_lib.fisher_diagonal(model, x, likelihood="gaussian", sigma2=4.0))
+    assert_close(f4, f1 / 4, what="F(sigma2=4) vs F(1)/4")
+
+
+# ------------------------------------------------------------------ Hessian facts
+
+
+@pytest.mark.parametrize("case", CASES[:3] + GAUSSIAN + CASES[-1:], ids=str)
+def test_hessian_against_double_backward_loop(case):
+    model, x, y = make(case)
+    kw = dict(likelihood=case.likelihood, sigma2=case.sigma2)
+    assert_close(ewc_lib.hessian(model, x, y, **kw), reference.hessian_loop(model, x, y, **kw),
+                 what=f"{case}: hessian vs loop")
+    assert_close(ewc_lib.expected_hessian(model, x, **kw), reference.expected_hessian_loop(model, x, **kw),
+                 what=f"{case}: expected_hessian vs loop")
+    assert_close(ewc_lib.ggn(model, x, **kw), reference.ggn_loop(model, x, **kw), what=f"{case}: ggn vs loop")
+
+
+@pytest.mark.parametrize("case", GAUSSIAN, ids=str)
+def test_hessian_equals_expected_hessian_at_a_perfect_gaussian_fit(case):
+    model, x, _ = make(case)
+    with torch.no_grad():
+        y = model(x)
+    kw = dict(likelihood="gaussian", sigma2=case.sigma2)
+    assert_close(ewc_lib.hessian(model, x, y, **kw), ewc_lib.expected_hessian(model, x, **kw),
+                 what=f"{case}: H vs E[H] at a perfect fit")
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_hessian_differs_from_expected_hessian_by_the_residual_term(case):
+    model, x, y = make(case)
+    kw = dict(likelihood=case.likelihood, sigma2=case.sigma2)
+    H = ewc_lib.hessian(model, x, y, **kw)
+    EH = ewc_lib.expected_hessian(model, x, **kw)
+    R = reference.residual_term_loop(model, x, y, **kw)
+    # relative to the size of H: for ReLU nets the residual term is exactly zero
+    assert_close(H - EH, R, scale=H.abs().max(), what=f"{case}: H - E[H] vs residual term")
+    if case.activation != "relu":  # piecewise-linear nets have no second derivative of f
+        assert (H - EH).abs().max() > 1e-3 * H.abs().max(), f"{case}: H should differ from E[H] off the fit"
+
+
+# ------------------------------------------------------------------ estimators
+
+
+def _per_class_squared_scores(model, x):
+    """(N, C, P) squared scores and (N, C) class probabilities, by the reference loop."""
+    with torch.no_grad():
+        p = torch.softmax(model(x), -1)
+    n, c = p.shape
+    g = torch.stack([reference.per_example_scores(model, x, torch.full((n,), k)) for k in range(c)], 1)
+    return g ** 2, p
+
+
+@pytest.mark.parametrize("case", CATEGORICAL[:3], ids=str)
+def test_mc_converges_to_exact_within_standard_errors(case):
+    model, x, _ = make(case)
+    exact = flatten_params(ewc_lib.fisher_diagonal(model, x))
+    g2, p = _per_class_squared_scores(model, x)
+    mean = (p.unsqueeze(-1) * g2).sum(1)  # (N, P): per-example exact Fisher diagonal
+    assert_close(mean.mean(0), exact, what="per-class loop vs exact")
+    var = (p.unsqueeze(-1) * g2 ** 2).sum(1) - mean ** 2  # per-example variance of one draw
+    n = x.shape[0]
+    errors = {}
+    for s in (4, 64, 1024):
+        mc = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=s, generator=gen(s)))
+        se = (var.sum(0) / (n * n * s)).sqrt()
+        z = (mc - exact).abs() / se.clamp_min(1e-300)
+        ok = (z <= MC_SIGMAS) | (se < 1e-14)
+        assert ok.all(), f"{case}, S={s}: {int((~ok).sum())} entries beyond {MC_SIGMAS} SE (max z {z.max():.2f})"
+        errors[s] = (mc - exact).norm().item()
+    # the error shrinks like 1/sqrt(S): from S=4 to S=1024 by ~16x (loose: a factor 4 at least)
+    assert errors[1024] < errors[4] / 4, f"{case}: MC error did not shrink like 1/sqrt(S): {errors}"
+
+
+def test_empirical_differs_from_exact_deterministic_counterexample():
+    # one example, logits far from the observed label: EF = (e_y - p)(..)^T != sum_c p_c (...)
+    model = nn.Sequential(nn.Linear(2, 3, dtype=torch.float64))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+        model[0].bias.zero_()
+    x = torch.tensor([[2.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([2])
+    ef = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="empirical", targets=y))
+    f = flatten_params(ewc_lib.fisher_diagonal(model, x))
+    assert (ef - f).abs().max() > 0.1 * f.abs().max(), f"EF {ef} should differ from F {f}"
+    # by hand: p = softmax([2, 0, 0]); bias part of EF is (e_2 - p)^2, of F is p (1 - p)
+    p = torch.softmax(torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64), 0)
+    assert_close(ef[-3:], (torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) - p) ** 2, what="EF bias by hand")
+    assert_close(f[-3:], p * (1 - p), what="F bias by hand")
+
+
+@pytest.mark.parametrize("case", [CATEGORICAL[0], CASES[-2]], ids=str)
+def test_empirical_equals_exact_in_expectation_over_model_labels(case):
+    # enumerate ALL label vectors of a tiny data set, weight each by its model probability
+    model = make_model(case)
+    x = make_inputs(case, n=3)
+    with torch.no_grad():
+        f = model(x)
+    if case.likelihood == "categorical":
+        probs = torch.softmax(f, -1)
+        outcomes = range(f.shape[1])
+    else:
+        s = torch.sigmoid(f[:, 0])
+        probs = torch.stack([1 - s, s], -1)
+        outcomes = range(2)
+    expectation = 0
+    for labels in itertools.product(outcomes, repeat=x.shape[0]):
+        y = torch.tensor(labels)
+        w = math.prod(probs[i, k].item() for i, k in enumerate(labels))
+        if case.likelihood == "bernoulli":
+            y = y.double()
+        ef = ewc_lib.fisher_matrix(model, x, likelihood=case.likelihood, estimator="empirical", targets=y)
+        expectation = expectation + w * ef
+    F = ewc_lib.fisher_matrix(model, x, likelihood=case.likelihood)
+    assert_close(expectation, F, what=f"{case}: E_y[EF] vs F")
+
+
+def test_batched_empirical_by_hand_and_partial_last_batch():
+    case = CATEGORICAL[0]
+    model, x, y = make(case)  # N = 7, B = 3 -> batches of 3, 3, 1 weighted 3/7, 3/7, 1/7
+    g = reference.per_example_scores(model, x, y)
+    expected = sum(len(b) / 7 * g[b].mean(0) ** 2 for b in ([0, 1, 2], [3, 4, 5], [6]))
+    got = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", targets=y, batch_size=3))
+    assert_close(got, expected, what="batched_empirical by hand")
+    # B = 1 is the empirical Fisher; B = N is the squared full-batch mean gradient
+    ef = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="empirical", targets=y))
+    b1 = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", targets=y, batch_size=1))
+    assert_close(b1, ef, what="batched_empirical with B=1 vs empirical")
+    bn = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", targets=y, batch_size=7))
+    assert_close(bn, g.mean(0) ** 2, what="batched_empirical with B=N")
+
+
+def test_mc_reproducible_and_equal_to_empirical_on_sampled_targets():
+    case = CATEGORICAL[1]
+    model, x, _ = make(case)
+    a = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=5, generator=gen(7)))
+    b = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=5, generator=gen(7),
+                                               batch_size=2))
+    assert torch.equal(a, b) or (a - b).abs().max() < 1e-15 * a.abs().max() * 100
+    yhat = ewc_lib.sample_targets(model, x, num_samples=5, generator=gen(7))
+    ef = sum(flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="empirical", targets=yhat[:, s]))
+             for s in range(5)) / 5
+    assert_close(a, ef, what="mc vs mean of EF over the same sampled labels")
+
+
+# ------------------------------------------------------------------ properties (hypothesis)
+
+_PROPERTY = settings(max_examples=25, deadline=None)
+
+
+def _small_case(seed, likelihood, activation):
+    out = {"categorical": 3, "gaussian": 2, "bernoulli": 1}[likelihood]
+    return Case("prop", (2, 3, out), activation, likelihood=likelihood, n=6, seed=seed)
+
+
+@_PROPERTY
+@given(seed=st.integers(0, 10_000), likelihood=st.sampled_from(["categorical", "gaussian", "bernoulli"]),
+       estimator=st.sampled_from(ESTIMATORS), activation=st.sampled_from(["tanh", "relu", "sigmoid"]))
+def test_property_symmetric_psd(seed, likelihood, estimator, activation):
+    case = _small_case(seed, likelihood, activation)
+    model, x, y = make(case)
+    M = ewc_lib.fisher_matrix(model, x, **options(case, estimator, y, seed))
+    assert_close(M, M.T, what="symmetry")
+    eig = torch.linalg.eigvalsh(M)
+    assert eig.min() >= -EXACT_RTOL * eig.abs().max(), f"not PSD: smallest eigenvalue {eig.min():.3e}"
+
+
+@_PROPERTY
+@given(seed=st.integers(0, 10_000), likelihood=st.sampled_from(["categorical", "gaussian", "bernoulli"]),
+       estimator=st.sampled_from(["exact", "empirical", "mc"]), chunk=st.integers(1, 7),
+       perm_seed=st.integers(0, 100))
+def test_property_invariant_to_order_and_chunk_size(seed, likelihood, estimator, chunk, perm_seed):
+    case = _small_case(seed, likelihood, "tanh")
+    model, x, y = make(case)
+    kw = options(case, estimator, y, seed)
+    base = flatten_params(ewc_lib.fisher_diagonal(model, x, **kw))
+    kw = options(case, estimator, y, seed)
+    kw["batch_size"] = chunk
+    assert_close(flatten_params(ewc_lib.fisher_diagonal(model, x, **kw)), base, what=f"chunk size {chunk}")
+    if estimator != "mc":  # mc draws are tied to positions; a permutation redraws them
+        perm = torch.randperm(x.shape[0], generator=gen(perm_seed))
+        kw = options(case, estimator, y[perm], seed)
+        assert_close(flatten_params(ewc_lib.fisher_diagonal(model, x[perm], **kw)), base, what="permuted data")
+
+
+@_PROPERTY
+@given(seed=st.integers(0, 10_000), likelihood=st.sampled_from(["categorical", "gaussian", "bernoulli"]),
+       estimator=st.sampled_from(["exact", "empirical", "batched_empirical"]))
+def test_property_doubling_the_data_keeps_the_mean(seed, likelihood, estimator):
+    case = _small_case(seed, likelihood, "tanh")
+    model, x, y = make(case)
+    kw = options(case, estimator, y, seed)
+    kw2 = options(case, estimator, torch.cat([y, y]), seed)  # B = 3 divides N = 6: batches repeat
+    one = ewc_lib.fisher_matrix(model, x, **kw)
+    two = ewc_lib.fisher_matrix(model, torch.cat([x, x]), **kw2)
+    assert_close(two, one, what="data set doubled")
+
+
+# ------------------------------------------------------------------ BackPACK cross-check
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_backpack_cross_check(activation):
+    backpack = pytest.importorskip("backpack", reason="BackPACK not installed (optional extra 'bench')")
+    from backpack.extensions import DiagGGNExact, SumGradSquared
+
+    n = 32
+    model = ewc_lib.mlp([6, 8, 8, 4], activation=activation, seed=0, dtype=torch.float64)
+    x = torch.randn(n, 6, generator=gen(1), dtype=torch.float64)
+    y = torch.randint(0, 4, (n,), generator=gen(2))
+    ours_exact = flatten_params(ewc_lib.fisher_diagonal(model, x))
+    ours_ef = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="empirical", targets=y))
+    ext = backpack.extend(make_model_copy(model))
+    # reduction="sum": diag_ggn_exact = N F and sum_grad_squared = N EF (divide by N). With
+    # reduction="mean" BackPACK scales the two differently (F vs EF/N), hence sum here.
+    loss = backpack.extend(nn.CrossEntropyLoss(reduction="sum"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        with backpack.backpack(DiagGGNExact(), SumGradSquared()):
+            loss(ext(x), y).backward()
+    bp_exact = torch.cat([p.diag_ggn_exact.reshape(-1) for p in ext.parameters()]) / n
+    bp_ef = torch.cat([p.sum_grad_squared.reshape(-1) for p in ext.parameters()]) / n
+    assert_close(ours_exact, bp_exact, what="fisher_diagonal(exact) vs BackPACK DiagGGNExact / N")
+    assert_close(ours_ef, bp_ef, what="fisher_diagonal(empirical) vs BackPACK SumGradSquared / N")
+
+
+def make_model_copy(model):
+    import copy
+    return copy.deepcopy(model)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _bad_calls():
+    case = CATEGORICAL[0]
+    model, x, y = make(case)
+    gauss_model, gx, gy = make(GAUSSIAN[1])
+    frozen = make_model(case)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    nan_model = make_model(case)
+    with torch.no_grad():
+        nan_model[0].weight[0, 0] = float("nan")
+    xnan = x.clone()
+    xnan[0, 0] = float("inf")
+    F = ewc_lib.fisher_diagonal
+    return [
+        ("inputs nan", lambda: F(model, xnan), ValueError, "inputs"),
+        ("inputs 1-d", lambda: F(model, x[0]), ValueError, "inputs"),
+        ("inputs empty", lambda: F(model, x[:0]), ValueError, "inputs"),
+        ("inputs not tensor", lambda: F(model, x.tolist()), TypeError, "inputs"),
+        ("inputs wrong dtype", lambda: F(model, x.float()), TypeError, "inputs"),
+        ("inputs integer", lambda: F(model, x.long()), TypeError, "inputs"),
+        ("param nan", lambda: F(nan_model, x), ValueError, "model"),
+        ("no trainable", lambda: F(frozen, x), ValueError, "model"),
+        ("not a module", lambda: F(lambda t: t, x), TypeError, "model"),
+        ("unknown estimator", lambda: F(model, x, estimator="fisher"), ValueError, "estimator"),
+        ("unknown likelihood", lambda: F(model, x, likelihood="poisson"), ValueError, "likelihood"),
+        ("num_samples 0", lambda: F(model, x, estimator="mc", num_samples=0), ValueError, "num_samples"),
+        ("num_samples float", lambda: F(model, x, estimator="mc", num_samples=2.0), TypeError, "num_samples"),
+        ("batch_size 0", lambda: F(model, x, batch_size=0), ValueError, "batch_size"),
+        ("batched without B", lambda: F(model, x, estimator="batched_empirical", targets=y), ValueError,
+         "batch_size"),
+        ("empirical no targets", lambda: F(model, x, estimator="empirical"), ValueError, "targets"),
+        ("targets out of range", lambda: F(model, x, estimator="empirical", targets=y + 5), ValueError,
+         "targets"),
+        ("targets negative", lambda: F(model, x, estimator="empirical", targets=y - 5), ValueError, "targets"),
+        ("targets float", lambda: F(model, x, estimator="empirical", targets=y.double()), TypeError, "targets"),
+        ("targets length", lambda: F(model, x, estimator="empirical", targets=y[:-1]), ValueError, "targets"),
+        ("targets 2-d", lambda: F(model, x, estimator="empirical", targets=y[:, None]), ValueError, "targets"),
+        ("gaussian targets int", lambda: F(gauss_model, gx, likelihood="gaussian", estimator="empirical",
+                                           targets=gy.long()), TypeError, "targets"),
+        ("gaussian targets shape", lambda: F(gauss_model, gx, likelihood="gaussian", estimator="empirical",
+                                             targets=gy[:, :1]), ValueError, "targets"),
+        ("bernoulli targets 2", lambda: F(make_model(CASES[-1]), make_inputs(CASES[-1]), likelihood="bernoulli",
+                                          estimator="empirical", targets=torch.full((7,), 2.0)), ValueError,
+         "targets"),
+        ("output shape bernoulli", lambda: F(model, x, likelihood="bernoulli"), ValueError, "model output"),
+        ("output shape categorical C=1", lambda: F(make_model(GAUSSIAN[0]), make_inputs(GAUSSIAN[0])),
+         ValueError, "model output"),
+        ("sigma2 0", lambda: F(gauss_model, gx, likelihood="gaussian", sigma2=0.0), ValueError, "sigma2"),
+        ("generator type", lambda: F(model, x, estimator="mc", generator=0), TypeError, "generator"),
+        ("matrix unknown estimator", lambda: ewc_lib.fisher_matrix(model, x, estimator="x"), ValueError,
+         "estimator"),
+        ("hessian no targets", lambda: ewc_lib.hessian(model, x, None), ValueError, "targets"),
+        ("ggn nan inputs", lambda: ewc_lib.ggn(model, xnan), ValueError, "inputs"),
+        ("expected_hessian likelihood", lambda: ewc_lib.expected_hessian(model, x, likelihood="normal"),
+         ValueError, "likelihood"),
+    ], model
+
+
+_BAD, _BAD_MODEL = _bad_calls()
+
+
+@pytest.mark.parametrize("name,call,exc,argname", _BAD, ids=[b[0] for b in _BAD])
+def test_bad_input_raises_and_names_the_argument(name, call, exc, argname):
+    _BAD_MODEL.train()
+    _BAD_MODEL[2].bias.requires_grad_(False)
+    try:
+        with pytest.raises(exc, match=argname):
+            call()
+        assert _BAD_MODEL.training and all(m.training for m in _BAD_MODEL.modules()), "train mode not restored"
+        assert not _BAD_MODEL[2].bias.requires_grad and _BAD_MODEL[0].weight.requires_grad, "flags changed"
+    finally:
+        _BAD_MODEL[2].bias.requires_grad_(True)
+
+
+def test_mode_restored_after_success_and_eval_used():
+    model = ewc_lib.mlp([3, 5, 3], dropout_hidden=0.5, seed=0, dtype=torch.float64)
+    x = make_inputs(CASES[0])
+    model.train()
+    model[0].training = False  # mixed modes must come back exactly
+    a = ewc_lib.fisher_matrix(model, x)
+    assert model.training and not model[0].training and model[2].training
+    model.eval()
+    b = ewc_lib.fisher_matrix(model, x)
+    assert not model.training
+    assert_close(a, b, what="train-mode call must evaluate in eval mode")
+
+
+def test_works_under_no_grad():
+    model, x, y = make(CATEGORICAL[0])
+    with torch.no_grad():
+        d = ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", targets=y, batch_size=2)
+        h = ewc_lib.hessian(model, x, y)
+    assert flatten_params(d).abs().sum() > 0 and h.abs().sum() > 0
