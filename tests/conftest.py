@@ -2,7 +2,8 @@
 
 * ``repo_root``: the repository root (the folder holding ``_config.yml``).
 * ``built_book``: builds the whole book ONCE per test session with
-  ``jupyter-book build --keep-going -W -n .`` into ``_build/`` and returns a
+  ``jupyter-book build --all --keep-going -W -n .`` into ``_build/`` (or into
+  ``$EWC_BOOK_OUTPUT/_build``) and returns a
   :class:`BookBuild` (exit code, log, html folder). ``tests/test_book.py`` asserts on it
   and ``tests/test_browser.py`` opens the pages it produced. Set ``EWC_BOOK_HTML`` to an
   existing ``.../_build/html`` folder to test a book built elsewhere instead (no build).
@@ -35,6 +36,47 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return ROOT
+
+
+def book_output_root() -> pathlib.Path:
+    """Where ``make test`` builds the book: the repository (``_build/``), or
+    ``$EWC_BOOK_OUTPUT`` (passed to ``jupyter-book build --path-output``)."""
+    given = os.environ.get("EWC_BOOK_OUTPUT")
+    return pathlib.Path(given).resolve() if given else ROOT
+
+
+def toc_docnames() -> list[str]:
+    """Every page of ``_toc.yml`` in book order, as docnames (``book/intro``)."""
+    import yaml
+
+    def files(entries):
+        for e in entries or []:
+            if "file" in e:
+                yield e["file"]
+            yield from files(e.get("sections"))
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    docs = [toc["root"], *files(toc.get("chapters"))]
+    for part in toc.get("parts", []) or []:
+        docs += list(files(part.get("chapters")))
+    return docs
+
+
+#: Notebooks executed (and cached for the book build) by tests/test_notebooks.py in this
+#: session, as absolute paths; tests/test_book.py checks the build reused them.
+EXECUTED_NOTEBOOKS: set = set()
+
+_ORDER = {"notebook": 0, "book": 2, "browser": 3}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run notebook tests first (they fill the book's execution cache), then the unit
+    tests, then the book build, then the browser tests on the built book."""
+    def rank(item):
+        marks = {m.name for m in item.iter_markers()}
+        return min((_ORDER[m] for m in marks if m in _ORDER), default=1)
+
+    items.sort(key=rank)  # stable: keeps file order within each group
 
 
 @dataclasses.dataclass
@@ -90,7 +132,13 @@ def built_book(repo_root) -> BookBuild:
             pytest.fail(f"EWC_BOOK_HTML={given}: no index.html there")
         return BookBuild(0, f"(book taken from EWC_BOOK_HTML={html}; not built by this session)",
                          html, 0.0, [])
-    build = build_book(repo_root)
+    out = book_output_root()
+    # --all (fresh Sphinx environment): every page is re-read, so every warning is reported
+    # again and every notebook page is rendered from the cache that tests/test_notebooks.py
+    # has just refreshed (an incremental build would keep older outputs and stay silent
+    # about warnings on unchanged pages).
+    build = build_book(repo_root, path_output=None if out == repo_root else out,
+                       extra_args=("--all",))
     print(f"\n[built_book] {' '.join(build.command)}: exit {build.returncode} "
           f"in {build.seconds:.0f} s")
     return build

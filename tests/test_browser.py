@@ -1,0 +1,239 @@
+"""The built book in a real browser: Debian's Chromium, driven by Playwright, offline.
+
+Every page of the book (one test per page of ``_toc.yml``, plus the remaining HTML pages
+such as the ``index.html`` redirect) is opened from ``file://`` with every request that
+leaves the build folder refused; see ``tests/browser_check.py`` for what is checked (math
+typeset, no MathJax error, no raw TeX, images loaded, no JavaScript or console error, no
+request outside the build folder).
+
+The checker is shown to FAIL when it should, on tiny throwaway books built in a temporary
+folder: the stock Jupyter Book configuration (MathJax from a CDN, sphinx-thebe) and copies of
+a good page with a broken image, a remote image, a script error, a console error and a TeX
+error injected.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import pytest
+
+from browser_check import BrowserChecker, pages_of
+from conftest import ROOT, build_book, toc_docnames
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="session")
+def book_html(built_book) -> pathlib.Path:
+    if not (built_book.html / "index.html").is_file():
+        pytest.skip(f"the book build produced no HTML (exit {built_book.returncode}); "
+                    "see tests/test_book.py")
+    return built_book.html
+
+
+@pytest.fixture(scope="session")
+def checker(book_html):
+    with BrowserChecker(book_html) as c:
+        yield c
+
+
+def _assert_ok(report):
+    assert report.ok, report.summary()
+
+
+@pytest.mark.parametrize("docname", toc_docnames())
+def test_page_in_browser(checker, book_html, docname):
+    page = book_html / f"{docname}.html"
+    if not page.is_file():
+        pytest.fail(f"{docname}.html was not built")
+    report = checker.check(page)
+    print(report.summary())
+    _assert_ok(report)
+
+
+def test_other_pages_in_browser(checker, book_html):
+    """Every other HTML page of the build (the index.html redirect, ...)."""
+    toc = {f"{d}.html" for d in toc_docnames()}
+    others = [p for p in pages_of(book_html) if p.relative_to(book_html).as_posix() not in toc]
+    reports = [checker.check(p) for p in others]
+    bad = [r.summary() for r in reports if not r.ok]
+    assert not bad, "\n".join(bad)
+
+
+# --------------------------------------------------------------------------- key pages
+_LINKS_TO = """(target) => Array.from(document.querySelectorAll("article a[href], main a[href]"))
+    .map((a) => a.getAttribute("href")).filter((h) => h.split("#")[0].endsWith(target))"""
+
+_EXERCISES = """() => {
+  const exercises = Array.from(document.querySelectorAll("div.exercise[id]")).map((e) => e.id);
+  const solutions = Array.from(document.querySelectorAll("div.solution"));
+  const solved = {};
+  for (const s of solutions) {
+    const dropdown = s.classList.contains("dropdown");
+    for (const a of s.querySelectorAll(".admonition-title a[href]")) {
+      const id = a.getAttribute("href").split("#")[1];
+      if (id) solved[id] = solved[id] || dropdown;
+    }
+  }
+  return {exercises: exercises, solved: solved, solutions: solutions.length};
+}"""
+
+
+def test_intro_links_to_prep_questions(checker, book_html):
+    found = {}
+
+    def links(page, report):
+        found["links"] = page.evaluate(_LINKS_TO, "prep_questions.html")
+
+    _assert_ok(checker.check(book_html / "book" / "intro.html", extra=links))
+    assert found["links"], "book/intro.html has no link to the preparation questions page"
+
+
+def test_prep_questions_every_exercise_has_a_dropdown_solution(checker, book_html):
+    found = {}
+
+    def exercises(page, report):
+        found.update(page.evaluate(_EXERCISES))
+
+    _assert_ok(checker.check(book_html / "book" / "prep_questions.html", extra=exercises))
+    assert found["exercises"], "book/prep_questions.html has no exercise"
+    missing = [e for e in found["exercises"] if e not in found["solved"]]
+    not_dropdown = [e for e in found["exercises"] if e in found["solved"] and not found["solved"][e]]
+    assert not missing, f"exercises without a solution: {missing}"
+    assert not not_dropdown, f"solutions not collapsed in a dropdown: {not_dropdown}"
+
+
+# --------------------------------------------------------------------------- the checker fails
+TINY_PAGE = r"""# Tiny
+
+Inline math $a^2 + b^2$ and a display equation
+
+$$
+\theta^\top F \theta
+$$ (eq-tiny)
+
+cited as {eq}`eq-tiny`.
+
+![a small plot](plot.png)
+
+```{exercise}
+:label: ex-tiny
+
+What is $1 + 1$?
+```
+
+```{solution} ex-tiny
+:class: dropdown
+
+It is $2$.
+```
+"""
+
+STOCK_CONFIG = """title: tiny stock book
+execute:
+  execute_notebooks: "off"
+sphinx:
+  extra_extensions: [sphinx_proof, sphinx_exercise]
+"""
+
+
+def _tiny_book(folder: pathlib.Path, config_text: str) -> pathlib.Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True)
+    (folder / "_config.yml").write_text(config_text)
+    (folder / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    (folder / "intro.md").write_text(TINY_PAGE)
+    shutil.copy(ROOT / "references.bib", folder / "references.bib")
+    fig = plt.figure(figsize=(1.5, 1.0))
+    plt.plot([0, 1], [0, 1])
+    fig.savefig(folder / "plot.png")
+    plt.close(fig)
+    build = build_book(folder, timeout=600)
+    assert build.returncode == 0, f"tiny book did not build:\n{build.tail(40)}"
+    return build.html
+
+
+@pytest.fixture(scope="module")
+def tiny_repo_config_html(tmp_path_factory):
+    """The tiny page built with the repository's own _config.yml."""
+    return _tiny_book(tmp_path_factory.mktemp("tiny") / "repo_config",
+                      (ROOT / "_config.yml").read_text())
+
+
+def test_checker_fails_on_stock_config(tmp_path):
+    """Stock JB1: MathJax from a CDN (refused offline) and sphinx-thebe's duplicate script."""
+    html = _tiny_book(tmp_path / "stock", STOCK_CONFIG)
+    with BrowserChecker(html) as c:
+        report = c.check(html / "intro.html")
+    text = "\n".join(report.problems)
+    assert not report.ok
+    assert any("mathjax" in url.lower() and url.startswith("https://") for url in report.blocked), text
+    assert "math not typeset" in text, text
+    assert "raw TeX delimiter" in text, text
+    assert "THEBE_JS_URL" in text, text
+    assert report.mjx_containers == 0 and report.math_elements >= 3
+
+
+def test_checker_passes_on_repo_config(tiny_repo_config_html):
+    """The same page with this repository's configuration: offline MathJax, no thebe."""
+    with BrowserChecker(tiny_repo_config_html) as c:
+        report = c.check(tiny_repo_config_html / "intro.html")
+    _assert_ok(report)
+    assert report.mjx_containers >= 3 and report.images >= 1
+    assert report.mathjax == "typeset"
+
+
+def _broken_copy(html: pathlib.Path, tmp: pathlib.Path) -> pathlib.Path:
+    out = tmp / "html"
+    shutil.copytree(html, out)
+    return out
+
+
+def test_checker_fails_on_broken_image(tiny_repo_config_html, tmp_path):
+    html = _broken_copy(tiny_repo_config_html, tmp_path)
+    images = list((html / "_images").glob("*.png"))
+    assert images
+    for img in images:
+        img.write_bytes(b"not a png")
+    with BrowserChecker(html) as c:
+        report = c.check(html / "intro.html")
+    assert any(p.startswith("broken image") for p in report.problems), report.summary()
+
+
+@pytest.mark.parametrize("injected,expected", [
+    ('<img src="https://example.org/remote.png">', "blocked request outside the build folder"),
+    ('<link rel="stylesheet" href="https://fonts.example.org/font.css">', "blocked request"),
+    ('<script>throw new Error("boom");</script>', "page error: boom"),
+    ('<script>console.error("something broke");</script>', "console error: something broke"),
+    ('<img src="_images/does_not_exist.png">', "broken image"),
+    (r'<span class="math notranslate nohighlight">\(\frac{1}\)</span>', "mjx-merror"),
+    ('<p>left over $$x$$ text</p>', "raw TeX delimiter $$"),
+])
+def test_checker_fails_on_injected_fault(tiny_repo_config_html, tmp_path, injected, expected):
+    html = _broken_copy(tiny_repo_config_html, tmp_path)
+    page = html / "intro.html"
+    text = page.read_text()
+    marker = 'id="tiny">'
+    assert marker in text
+    page.write_text(text.replace(marker, marker + injected, 1))
+    with BrowserChecker(html) as c:
+        report = c.check(page)
+    assert any(expected in p for p in report.problems), report.summary()
+
+
+def test_checker_refuses_files_outside_the_build(tiny_repo_config_html, tmp_path):
+    html = _broken_copy(tiny_repo_config_html, tmp_path)
+    outside = tmp_path / "outside.png"
+    shutil.copy(next((html / "_images").glob("*.png")), outside)
+    page = html / "intro.html"
+    page.write_text(page.read_text().replace(
+        'id="tiny">', f'id="tiny"><img src="{outside.as_uri()}">', 1))
+    with BrowserChecker(html) as c:
+        report = c.check(page)
+    assert any(outside.as_uri() in p and "blocked" in p for p in report.problems), report.summary()
