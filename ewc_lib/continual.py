@@ -62,6 +62,11 @@ class ContinualHistory:
         Global step at which each task's training starts (``task_boundaries[0] == 0``).
     penalty : EWCPenalty or None
         The penalty object at the end (its anchors and Fishers), ``None`` for ``"sgd"``.
+    penalty_step_curvature : list of float
+        After each consolidation, ``lr * penalty.max_curvature()`` (``lr * lam * max_i sum_t
+        F_{t,i}``). Plain SGD on the penalty alone is stable only while this is below 2; larger
+        values make the most important parameters oscillate and blow up, which looks like a
+        collapse of all accuracies rather than like an error. Empty for ``"sgd"``.
     cpu_seconds, wall_seconds : float
         Process CPU time and wall time of the whole call.
     """
@@ -72,6 +77,7 @@ class ContinualHistory:
     records: list
     task_boundaries: list
     penalty: Any = None
+    penalty_step_curvature: list = dataclasses.field(default_factory=list)
     cpu_seconds: float = float("nan")
     wall_seconds: float = float("nan")
 
@@ -218,6 +224,12 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
     progress : bool
         Show a ``tqdm.auto`` progress bar over all SGD steps.
 
+    Stability
+    ---------
+    The penalty's Hessian is ``lam * sum_t diag(F_t)``; SGD with step ``lr`` is unstable on it
+    when ``lr * lam * max_i sum_t F_{t,i} >= 2``. The history records this number after each
+    consolidation (``penalty_step_curvature``); a non-finite loss raises ``FloatingPointError``.
+
     Returns
     -------
     ContinualHistory
@@ -286,6 +298,7 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
 
     records: list[dict] = []
     boundaries: list[int] = []
+    step_curvature: list[float] = []
     optimizer = torch.optim.SGD(params, lr=float(lr))
     batch_gen = torch.Generator().manual_seed(seed)
     fisher_gen = torch.Generator().manual_seed(seed + 1)
@@ -335,10 +348,12 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
                     penalty.consolidate(model, fisher)
                 else:
                     penalty.consolidate(model)
+                step_curvature.append(float(lr) * penalty.max_curvature())
     bar.close()
     model.eval()
     return ContinualHistory(method=method, config=config, task_names=task_names, records=records,
                             task_boundaries=boundaries, penalty=penalty,
+                            penalty_step_curvature=step_curvature,
                             cpu_seconds=time.process_time() - cpu0,
                             wall_seconds=time.perf_counter() - wall0)
 

@@ -252,6 +252,28 @@ class EWCPenalty:
 
     __call__ = penalty
 
+    def max_curvature(self) -> float:
+        """The largest eigenvalue of the penalty's Hessian, ``lam * max_i sum_t F_{t,i}``.
+
+        The penalty is a quadratic with the diagonal Hessian ``lam * sum_t diag(F_t)``, so plain
+        gradient descent with step size ``lr`` on the penalty alone converges only if
+        ``lr * max_curvature() < 2``; above that, the parameter with the largest Fisher
+        oscillates with growing amplitude (a common reason why EWC with a large ``lam``
+        "collapses" under SGD). Returns 0.0 when nothing is consolidated.
+
+        >>> import torch
+        >>> net = torch.nn.Linear(1, 1, bias=False)
+        >>> pen = EWCPenalty(100.0)
+        >>> pen.consolidate(net, {"weight": torch.tensor([[0.25]])})
+        >>> pen.consolidate(net, {"weight": torch.tensor([[0.5]])})
+        >>> pen.max_curvature()     # 100 * (0.25 + 0.5)
+        75.0
+        """
+        if not self._fishers:
+            return 0.0
+        names = self._fishers[0].keys()
+        return self.lam * max(float(sum(f[n] for f in self._fishers).max()) for n in names)
+
     # ------------------------------------------------------------- save/load
     def state_dict(self) -> dict:
         """A dict with ``lam``, ``mode``, ``gamma``, ``num_tasks``, ``anchors`` and ``fishers``."""

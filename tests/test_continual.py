@@ -274,3 +274,17 @@ def test_divergence_is_reported():
     with pytest.raises(FloatingPointError, match="lower lr"):
         train_continual(linear_net(), two_tasks(), method="l2", lam=1e6, lr=1.0,
                         epochs_per_task=3, progress=False)
+
+
+def test_penalty_step_curvature_is_recorded():
+    tasks = two_tasks() + [make_task("C", [0, 9], seed=3)]
+    net = linear_net()
+    hist = train_continual(net, tasks, method="l2", lam=3.0, lr=0.1, batch_size=50,
+                           progress=False)
+    # L2, separate: after k consolidations the Hessian is 3 * k * I
+    np.testing.assert_allclose(hist.penalty_step_curvature, [0.3, 0.6], rtol=1e-12)
+    hist = train_continual(linear_net(), tasks, method="ewc", lam=3.0, lr=0.1, batch_size=50,
+                           progress=False)
+    assert len(hist.penalty_step_curvature) == 2
+    assert hist.penalty_step_curvature[-1] == pytest.approx(0.1 * hist.penalty.max_curvature())
+    assert train_continual(linear_net(), tasks, progress=False).penalty_step_curvature == []

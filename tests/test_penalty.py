@@ -273,3 +273,33 @@ def test_l2_rejects_a_fisher():
     net = make_net(0)
     with pytest.raises(TypeError, match="fisher"):
         L2Penalty(1.0).consolidate(net, random_fisher(net, 0))
+
+
+def test_max_curvature_is_largest_hessian_eigenvalue():
+    """The penalty's Hessian is lam * sum_t diag(F_t): its top eigenvalue is max_curvature()."""
+    for mode, gamma in (("separate", 1.0), ("online", 0.7)):
+        net = make_net(0)
+        pen = EWCPenalty(4.0, mode=mode, gamma=gamma)
+        assert pen.max_curvature() == 0.0
+        total = None
+        for t in range(3):
+            perturb(net, t)
+            f = flat(random_fisher(net, 10 + t))
+            pen.consolidate(net, random_fisher(net, 10 + t))
+            total = f if total is None else (gamma * total + f)
+        names = [n for n, _ in net.named_parameters()]
+        sizes = [p.numel() for p in net.parameters()]
+        shapes = [p.shape for p in net.parameters()]
+
+        def as_fn(v):  # the stored penalty written out on the flat parameter vector
+            params = dict(zip(names, [c.reshape(s) for c, s in zip(torch.split(v, sizes), shapes)]))
+            out = 0.0
+            for anchor, fisher in zip(pen.anchors, pen.fishers):
+                for n in names:
+                    out = out + (fisher[n] * (params[n] - anchor[n]) ** 2).sum()
+            return 0.5 * pen.lam * out
+
+        hess = torch.autograd.functional.hessian(as_fn, flat(net.parameters()))
+        top = float(torch.linalg.eigvalsh(hess).max())
+        assert math.isclose(pen.max_curvature(), top, rel_tol=1e-10)
+        assert math.isclose(pen.max_curvature(), 4.0 * float(total.max()), rel_tol=1e-12)
