@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 
+import doctest
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import optimize, special, stats
 
+import ewc_lib.laplace
 from ewc_lib.laplace import (
     GridNormalisationError,
     LaplaceGaussian,
@@ -298,3 +303,34 @@ def test_grid_bad_input():
         make_grid(torch.tensor([0.0, -1.0, -2.0], dtype=F64))
     with pytest.raises(ValueError, match="at least 3"):
         make_grid(torch.tensor([0.0, 1.0], dtype=F64))
+
+
+# ------------------------------------------------------------------ laws and docstring examples
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.floats(-2.0, 2.0),
+    log_s1=st.floats(-0.7, 0.7),
+    log_s2=st.floats(-0.7, 0.7),
+)
+def test_grid_divergences_are_nonnegative_and_bounded(m, log_s1, log_s2):
+    z = torch.linspace(-16, 16, 3201, dtype=F64)
+    dz = float(z[1] - z[0])
+    lp = -0.5 * (z / math.exp(log_s1)) ** 2
+    lq = -0.5 * ((z - m) / math.exp(log_s2)) ** 2
+    kl = grid_kl(lp, lq, dz)
+    tv = grid_tv(lp, lq, dz)
+    assert kl >= -1e-12 and 0.0 <= tv <= 1.0
+    # Pinsker's inequality: TV <= sqrt(KL / 2)
+    assert tv <= math.sqrt(max(kl, 0.0) / 2) + 1e-9
+    closed = gaussian_kl(
+        torch.zeros(1, dtype=F64), torch.tensor([[math.exp(-2 * log_s1)]], dtype=F64),
+        torch.tensor([m], dtype=F64), torch.tensor([[math.exp(-2 * log_s2)]], dtype=F64),
+    )
+    assert abs(kl - closed) < GRID_TOL
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(ewc_lib.laplace, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 10 and result.failed == 0
