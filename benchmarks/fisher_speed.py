@@ -1,0 +1,180 @@
+"""Speed and memory of ewc_lib.fisher_diagonal against BackPACK and simple baselines.
+
+Setting (issue 3): 784-400-400-10 ReLU MLP (``ewc_lib.mlp``, seed 0, untrained -- the cost
+does not depend on the weights), the first 1000 MNIST training images, float32,
+``torch.set_num_threads(2)``.
+
+Timed, interleaved round by round so that every method sees the same machine load, and
+reported as the minimum over ``--repeats`` rounds of both the wall time and the process CPU
+time (user + system of all threads). The machine may be shared and noisy: the minimum is the
+least disturbed run, and CPU time is less sensitive to other processes than wall time.
+Ratios come from the same rounds:
+
+* ``fisher_diagonal(exact)`` and BackPACK ``DiagGGNExact`` (forward + backward included);
+* ``fisher_diagonal(empirical)`` and BackPACK ``SumGradSquared``;
+* 10 plain forward+backward passes of the mean cross-entropy over the 1000 images (the
+  natural floor for an exact Fisher with C = 10 classes);
+* the brute-force loop of ``ewc_lib.reference.fisher_diagonal_loop`` (one autograd call
+  per example and class) on a subset, extrapolated linearly to 1000 images.
+
+Then, in a fresh subprocess each, the peak resident memory (``ru_maxrss`` after minus
+before the call) of the exact diagonal over all 60,000 training images for a few chunk
+sizes (``batch_size``).
+
+BackPACK is optional (``pip install .[bench]``); without it those rows are skipped.
+
+Usage: ``python benchmarks/fisher_speed.py [--repeats 15] [--no-memory]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+import ewc_lib
+from ewc_lib import reference
+from ewc_lib.curvature import flatten_params
+
+THREADS = 2
+
+
+def setup(n):
+    torch.set_num_threads(THREADS)
+    x_tr, y_tr, _, _ = ewc_lib.data.load_mnist()
+    x, y = ewc_lib.data.as_tensors(x_tr[:n], y_tr[:n], dtype=torch.float32)
+    model = ewc_lib.mlp([784, 400, 400, 10], activation="relu", seed=0, dtype=torch.float32)
+    return model, x, y
+
+
+def memory_child(n, chunk):
+    """Run in a subprocess: peak RSS increase of one exact diagonal over n images."""
+    model, x, _ = setup(n)
+    ewc_lib.fisher_diagonal(model, x[:64], batch_size=chunk)  # warm up allocator and kernels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    ewc_lib.fisher_diagonal(model, x, batch_size=chunk)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{(after - before) / 1024:.1f} {wall:.2f} {cpu:.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="images for the timings")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds; the minimum is reported")
+    parser.add_argument("--naive-subset", type=int, default=20, help="images for the brute-force loop")
+    parser.add_argument("--no-memory", action="store_true", help="skip the 60,000-image memory runs")
+    parser.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(*args.memory_child)
+        return
+
+    model, x, y = setup(args.n)
+    n = x.shape[0]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, MLP 784-400-400-10 ReLU, "
+          f"N = {n} MNIST images, min of {args.repeats} interleaved rounds (shared machine: wall times are noisy, "
+          f"ratios from the same rounds are the robust numbers)\n")
+
+    methods = {
+        "ewc_lib fisher_diagonal(exact)": lambda: ewc_lib.fisher_diagonal(model, x),
+        "ewc_lib fisher_diagonal(empirical)": lambda: ewc_lib.fisher_diagonal(model, x, estimator="empirical",
+                                                                              targets=y),
+    }
+
+    def ten_passes():
+        for _ in range(10):
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+        model.zero_grad()
+
+    methods["10 x forward+backward (mean CE)"] = ten_passes
+
+    try:
+        import backpack
+        from backpack.extensions import DiagGGNExact, SumGradSquared
+    except ImportError:
+        backpack = None
+        print("BackPACK is not installed (pip install '.[bench]'): BackPACK rows and ratios skipped.\n")
+    if backpack is not None:
+        ext = backpack.extend(copy.deepcopy(model))
+        loss_sum = backpack.extend(nn.CrossEntropyLoss(reduction="sum"))
+
+        def run_backpack(extension):
+            ext.zero_grad()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                with backpack.backpack(extension):
+                    loss_sum(ext(x), y).backward()
+
+        methods["BackPACK DiagGGNExact"] = lambda: run_backpack(DiagGGNExact())
+        methods["BackPACK SumGradSquared"] = lambda: run_backpack(SumGradSquared())
+
+        # correctness in the same setting (float32): sum reduction, divided by N
+        run_backpack(DiagGGNExact())
+        bp = torch.cat([p.diag_ggn_exact.reshape(-1) for p in ext.parameters()]) / n
+        ours = flatten_params(ewc_lib.fisher_diagonal(model, x))
+        run_backpack(SumGradSquared())
+        bp_ef = torch.cat([p.sum_grad_squared.reshape(-1) for p in ext.parameters()]) / n
+        ours_ef = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="empirical", targets=y))
+        print(f"check vs BackPACK (max |diff| / max |value|): exact {((ours - bp).abs().max() / bp.abs().max()):.1e}, "
+              f"empirical {((ours_ef - bp_ef).abs().max() / bp_ef.abs().max()):.1e}\n")
+
+    wall = {k: float("inf") for k in methods}
+    cpu = {k: float("inf") for k in methods}
+    for fn in methods.values():  # warm-up
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name] = min(wall[name], time.perf_counter() - t0)
+            cpu[name] = min(cpu[name], time.process_time() - c0)
+
+    sub = min(args.naive_subset, n)
+    t0, c0 = time.perf_counter(), time.process_time()
+    reference.fisher_diagonal_loop(model, x[:sub])
+    name = f"reference loop (per example and class; {sub} images, x{n / sub:g} extrapolated)"
+    wall[name], cpu[name] = (time.perf_counter() - t0) * n / sub, (time.process_time() - c0) * n / sub
+
+    width = max(len(k) for k in wall)
+    print(f"| {'method':<{width}} | wall (s) | CPU (s) |")
+    print(f"|{'-' * (width + 2)}|---------:|--------:|")
+    for k in wall:
+        print(f"| {k:<{width}} | {wall[k]:8.4f} | {cpu[k]:7.4f} |")
+
+    def ratio(a, b):
+        return f"{wall[a] / wall[b]:.2f} | {cpu[a] / cpu[b]:.2f}"
+
+    ex, em = "ewc_lib fisher_diagonal(exact)", "ewc_lib fisher_diagonal(empirical)"
+    print("\n| ratio (same rounds) | wall | CPU |\n|---|---:|---:|")
+    if backpack is not None:
+        print(f"| fisher_diagonal(exact) / BackPACK DiagGGNExact (must be <= 1) | {ratio(ex, 'BackPACK DiagGGNExact')} |")
+        print(f"| fisher_diagonal(empirical) / BackPACK SumGradSquared (must be <= 1) | "
+              f"{ratio(em, 'BackPACK SumGradSquared')} |")
+    else:
+        print("| BackPACK ratios | skipped (BackPACK not installed) | |")
+    print(f"| fisher_diagonal(exact) / 10 forward+backward passes | {ratio(ex, '10 x forward+backward (mean CE)')} |")
+    print(f"| reference loop (extrapolated) / fisher_diagonal(exact) | {wall[name] / wall[ex]:.0f} | "
+          f"{cpu[name] / cpu[ex]:.0f} |")
+
+    if not args.no_memory:
+        print("\nExact diagonal over all 60,000 training images (fresh subprocess each; peak RSS increase "
+              "during the call):\n\n| batch_size (chunk) | peak RSS increase (MiB) | wall (s) | CPU (s) |\n|---:|---:|---:|---:|")
+        for chunk in (256, 1024, 4096):
+            out = subprocess.run([sys.executable, __file__, "--memory-child", "60000", str(chunk)],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            print(f"| {chunk} | {float(out[0]):.0f} | {float(out[1]):.1f} | {float(out[2]):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
