@@ -194,6 +194,9 @@ def _series_sum(term, m):
     return total.subs({base: sp.exp(c) for c, base in replacements.items()})
 
 
+# Results that mean SymPy could not decide a sign or a branch: the symbols lack assumptions.
+_UNDECIDED = (sp.polar_lift, sp.periodic_argument, sp.arg, sp.Piecewise)
+
 _HYPERBOLIC = (sp.sinh, sp.cosh, sp.tanh, sp.coth, sp.sech, sp.csch)
 
 
@@ -271,7 +274,7 @@ def check_fisher_identity(log_density, variable, params, support) -> FisherIdent
     density = _density(log_density)
 
     normaliser = _simplify(_expectation(density, sp.Integer(1), variable, support))
-    if normaliser.has(sp.Integral, sp.Sum):
+    if normaliser.has(sp.Integral, sp.Sum, *_UNDECIDED):
         raise ValueError(
             f"log_density: could not evaluate the normaliser of exp({log_density}) over {support} in closed form "
             "(give the symbols assumptions such as positive=True)"
@@ -296,6 +299,11 @@ def check_fisher_identity(log_density, variable, params, support) -> FisherIdent
     for name, mat in (("score mean", score_mean), ("E[s s^T]", outer), ("-E[Hessian]", neg_hessian)):
         if any(e.has(sp.Integral, sp.Sum) for e in mat):
             raise ValueError(f"log_density: could not evaluate the {name} in closed form over {support}")
+        if any(e.has(*_UNDECIDED) for e in mat):
+            raise ValueError(
+                f"log_density: the {name} depends on the sign or branch of a symbol ({list(mat)}); "
+                "declare the symbols' assumptions (e.g. sympy.Symbol('v', positive=True) for a variance)"
+            )
     difference = (outer - neg_hessian).applyfunc(_simplify)
     score_covariance = (outer - score_mean * score_mean.T).applyfunc(_simplify)
 

@@ -243,3 +243,15 @@ def test_example_families_all_hold_except_uniform():
     for name, args in fams.items():
         res = check_fisher_identity(*args)
         assert res.holds is (name != "Uniform(0, theta)"), name
+
+
+def test_symbols_without_assumptions_raise_instead_of_answering_wrongly():
+    mu = sp.Symbol("mu", real=True)
+    v = sp.Symbol("v")  # no positive=True: SymPy cannot decide sqrt(v)**2 = v
+    with pytest.raises(ValueError, match="positive=True"):
+        check_fisher_identity(-((x - mu) ** 2) / (2 * v) - sp.log(2 * sp.pi * v) / 2, x, [mu, v], sp.Reals)
+
+
+def test_nan_log_density_is_rejected():
+    with pytest.raises(ValueError, match="finite"):
+        check_fisher_identity(sp.nan * x, x, [eta], sp.Reals)
