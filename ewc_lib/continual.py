@@ -30,11 +30,26 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .penalty import EWCPenalty, L2Penalty
 
 __all__ = ["ContinualHistory", "train_continual", "evaluate_accuracy"]
+
+
+def _progress_bar(**kwargs):
+    """A ``tqdm.auto`` bar, imported on first use.
+
+    Without ipywidgets (not part of the book's environment) ``tqdm.auto`` falls back to the
+    text bar and warns "IProgress not found" once, at import; that one warning is silenced
+    here so that it does not appear in notebook output. The import is lazy so that
+    ``import ewc_lib`` alone never imports tqdm.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from tqdm.auto import tqdm
+    return tqdm(**kwargs)
 
 _METHODS = ("sgd", "l2", "ewc")
 _ESTIMATORS = ("exact", "mc", "empirical", "batched_empirical")
@@ -311,8 +326,8 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     step = 0
-    bar = tqdm(total=sum(steps_per_task), desc=f"{method} ({len(tasks)} tasks)",
-               disable=not progress, leave=False)
+    bar = _progress_bar(total=sum(steps_per_task), desc=f"{method} ({len(tasks)} tasks)",
+                        disable=not progress, leave=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if eval_every is not None:
