@@ -218,11 +218,17 @@ class LaplaceGaussian:
         maha = (z * z).sum(-1)
         return -0.5 * self.dim * math.log(2 * math.pi) + 0.5 * self.log_det_precision - 0.5 * maha
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         r"""Draw ``n`` samples, shape ``(n, d)``: :math:`\theta^* + L^{-\top} z`, :math:`z\sim\mathcal N(0,I)`, :math:`A = LL^\top`.
 
         ``generator`` (a ``torch.Generator``) makes the draw reproducible; it is required, so that
         every random draw in the book is seeded.
+
+        Example
+        -------
+        >>> g = LaplaceGaussian(torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
+        >>> g.sample(4, torch.Generator().manual_seed(0)).shape
+        torch.Size([4, 3])
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")

@@ -297,7 +297,7 @@ def test_gaussian_bad_input():
     with pytest.raises(ValueError, match="shape"):
         q.log_prob(torch.zeros(3, dtype=F64))
     with pytest.raises(TypeError, match="generator"):
-        q.sample(3)
+        q.sample(3, None)
     with pytest.raises(ValueError, match="n must be"):
         q.sample(0, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="precision must have shape"):
