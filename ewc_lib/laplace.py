@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -377,13 +377,17 @@ def laplace_approximation(
     *unnormalised* log density (for a posterior: log-likelihood **summed** over the data plus
     log prior; with a mean loss :math:`\mathcal L` over ``N`` points this is :math:`-N\mathcal L`).
 
-    Example (Bishop 2006, Fig. 4.14: :math:`f(z) = e^{-z^2/2}\sigma(20z+4)`)
+    Example
     -------
+    Bishop (2006), Fig. 4.14: :math:`f(z) = e^{-z^2/2}\sigma(20z+4)`.
+
     >>> f = lambda z: -0.5 * (z ** 2).sum() + torch.nn.functional.logsigmoid(20 * z + 4).sum()
     >>> q = laplace_approximation(f, torch.zeros(1, dtype=torch.float64))
     >>> round(float(q.mean[0]), 4), round(float(q.precision[0, 0]), 4)
     (0.0775, 2.5436)
     """
+    if not (isinstance(decrement_tol, (int, float)) and math.isfinite(decrement_tol) and decrement_tol > 0):
+        raise ValueError(f"decrement_tol must be a positive finite number, got {decrement_tol!r}")
     mode, val, gnorm = find_mode(log_density, init, max_iter=max_iter, grad_tol=grad_tol)
     a = negative_hessian(log_density, mode)
     chol, info = torch.linalg.cholesky_ex(a)
@@ -394,8 +398,6 @@ def laplace_approximation(
             f"(eigenvalues {eig.tolist()}): the point is a saddle, a minimum or a flat direction, "
             "so no Gaussian approximation exists there"
         )
-    if not (isinstance(decrement_tol, (int, float)) and decrement_tol > 0):
-        raise ValueError(f"decrement_tol must be a positive number, got {decrement_tol!r}")
     _, g = _value_and_grad(log_density, mode)
     decrement = 0.5 * float(g @ torch.cholesky_solve(g.unsqueeze(1), chol).squeeze(1))
     if not decrement <= decrement_tol:
