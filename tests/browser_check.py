@@ -26,6 +26,7 @@ Playwright never downloads a browser here: it drives ``/usr/bin/chromium`` (over
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -145,30 +146,42 @@ def _redirect_target(path: pathlib.Path):
     return None
 
 
-class BrowserChecker:
-    """One headless Chromium, reused for many pages. Use as a context manager."""
+@contextlib.contextmanager
+def launch_chromium():
+    """Start Playwright and Debian's Chromium; yield the ``Browser``. Only one Playwright
+    (sync API) may run per thread, so share the browser (pytest fixture ``chromium``)."""
+    from playwright.sync_api import sync_playwright
 
-    def __init__(self, html_root, *, timeout_ms: int = 60_000):
+    if not pathlib.Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} not found: run tests/ensure_browser.sh (apt chromium)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class BrowserChecker:
+    """Checks pages of one build folder. Use as a context manager; pass ``browser`` to reuse
+    a running Chromium (from :func:`launch_chromium`), else one is started and stopped."""
+
+    def __init__(self, html_root, *, browser=None, timeout_ms: int = 60_000):
         self.html_root = pathlib.Path(html_root).resolve()
         self.timeout_ms = timeout_ms
-        self._pw = self._browser = None
+        self._browser = browser
+        self._owned = None
 
     def __enter__(self):
-        from playwright.sync_api import sync_playwright
-
-        if not pathlib.Path(CHROMIUM).exists():
-            raise RuntimeError(f"{CHROMIUM} not found: run tests/ensure_browser.sh (apt chromium)")
-        self._pw = sync_playwright().start()
-        self._browser = self._pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        if self._browser is None:
+            self._owned = launch_chromium()
+            self._browser = self._owned.__enter__()
         return self
 
     def __exit__(self, *exc):
-        try:
-            if self._browser is not None:
-                self._browser.close()
-        finally:
-            if self._pw is not None:
-                self._pw.stop()
+        if self._owned is not None:
+            self._owned.__exit__(*exc)
+            self._owned = self._browser = None
 
     def _inside(self, url: str) -> bool:
         parsed = urllib.parse.urlparse(url)

@@ -142,3 +142,12 @@ def built_book(repo_root) -> BookBuild:
     print(f"\n[built_book] {' '.join(build.command)}: exit {build.returncode} "
           f"in {build.seconds:.0f} s")
     return build
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Debian Chromium (Playwright) for the whole session."""
+    from browser_check import launch_chromium
+
+    with launch_chromium() as browser:
+        yield browser

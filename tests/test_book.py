@@ -54,5 +54,6 @@ def test_book_used_fresh_notebook_results(built_book):
     executed = sorted(str(p) for p in EXECUTED_NOTEBOOKS if str(p) in in_toc)
     again = [p for p in executed if f"{p}: Executing notebook" in log]
     not_cached = [p for p in executed if f"{p}: Using cached notebook" not in log]
-    assert not again, f"the book build executed these notebooks a second time: {again}"
+    assert not again, ("the book build executed these notebooks a second time (were they edited "
+                       f"after their notebook test ran?): {again}")
     assert not not_cached, f"the book build did not take these from the cache: {not_cached}"

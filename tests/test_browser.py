@@ -34,8 +34,8 @@ def book_html(built_book) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def checker(book_html):
-    with BrowserChecker(book_html) as c:
+def checker(book_html, chromium):
+    with BrowserChecker(book_html, browser=chromium) as c:
         yield c
 
 
@@ -166,10 +166,10 @@ def tiny_repo_config_html(tmp_path_factory):
                       (ROOT / "_config.yml").read_text())
 
 
-def test_checker_fails_on_stock_config(tmp_path):
+def test_checker_fails_on_stock_config(tmp_path, chromium):
     """Stock JB1: MathJax from a CDN (refused offline) and sphinx-thebe's duplicate script."""
     html = _tiny_book(tmp_path / "stock", STOCK_CONFIG)
-    with BrowserChecker(html) as c:
+    with BrowserChecker(html, browser=chromium) as c:
         report = c.check(html / "intro.html")
     text = "\n".join(report.problems)
     assert not report.ok
@@ -180,9 +180,9 @@ def test_checker_fails_on_stock_config(tmp_path):
     assert report.mjx_containers == 0 and report.math_elements >= 3
 
 
-def test_checker_passes_on_repo_config(tiny_repo_config_html):
+def test_checker_passes_on_repo_config(tiny_repo_config_html, chromium):
     """The same page with this repository's configuration: offline MathJax, no thebe."""
-    with BrowserChecker(tiny_repo_config_html) as c:
+    with BrowserChecker(tiny_repo_config_html, browser=chromium) as c:
         report = c.check(tiny_repo_config_html / "intro.html")
     _assert_ok(report)
     assert report.mjx_containers >= 3 and report.images >= 1
@@ -195,13 +195,13 @@ def _broken_copy(html: pathlib.Path, tmp: pathlib.Path) -> pathlib.Path:
     return out
 
 
-def test_checker_fails_on_broken_image(tiny_repo_config_html, tmp_path):
+def test_checker_fails_on_broken_image(tiny_repo_config_html, tmp_path, chromium):
     html = _broken_copy(tiny_repo_config_html, tmp_path)
     images = list((html / "_images").glob("*.png"))
     assert images
     for img in images:
         img.write_bytes(b"not a png")
-    with BrowserChecker(html) as c:
+    with BrowserChecker(html, browser=chromium) as c:
         report = c.check(html / "intro.html")
     assert any(p.startswith("broken image") for p in report.problems), report.summary()
 
@@ -215,25 +215,26 @@ def test_checker_fails_on_broken_image(tiny_repo_config_html, tmp_path):
     (r'<span class="math notranslate nohighlight">\(\frac{1}\)</span>', "mjx-merror"),
     ('<p>left over $$x$$ text</p>', "raw TeX delimiter $$"),
 ])
-def test_checker_fails_on_injected_fault(tiny_repo_config_html, tmp_path, injected, expected):
+def test_checker_fails_on_injected_fault(tiny_repo_config_html, tmp_path, chromium, injected,
+                                         expected):
     html = _broken_copy(tiny_repo_config_html, tmp_path)
     page = html / "intro.html"
     text = page.read_text()
     marker = 'id="tiny">'
     assert marker in text
     page.write_text(text.replace(marker, marker + injected, 1))
-    with BrowserChecker(html) as c:
+    with BrowserChecker(html, browser=chromium) as c:
         report = c.check(page)
     assert any(expected in p for p in report.problems), report.summary()
 
 
-def test_checker_refuses_files_outside_the_build(tiny_repo_config_html, tmp_path):
+def test_checker_refuses_files_outside_the_build(tiny_repo_config_html, tmp_path, chromium):
     html = _broken_copy(tiny_repo_config_html, tmp_path)
     outside = tmp_path / "outside.png"
     shutil.copy(next((html / "_images").glob("*.png")), outside)
     page = html / "intro.html"
     page.write_text(page.read_text().replace(
         'id="tiny">', f'id="tiny"><img src="{outside.as_uri()}">', 1))
-    with BrowserChecker(html) as c:
+    with BrowserChecker(html, browser=chromium) as c:
         report = c.check(page)
     assert any(outside.as_uri() in p and "blocked" in p for p in report.problems), report.summary()

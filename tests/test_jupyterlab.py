@@ -24,7 +24,6 @@ import urllib.request
 
 import pytest
 
-from browser_check import CHROMIUM, CHROMIUM_ARGS
 from conftest import ROOT
 
 pytestmark = pytest.mark.browser
@@ -97,30 +96,27 @@ def test_contents_api_serves_md_as_notebook(lab_server):
     assert model["content"]["metadata"]["kernelspec"]["name"] == "python3"
 
 
-def test_lab_opens_md_as_notebook_in_browser(lab_server):
-    from playwright.sync_api import sync_playwright
-
+def test_lab_opens_md_as_notebook_in_browser(lab_server, chromium):
     outside = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+    context = chromium.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        page = context.new_page()
 
-            def route(r):
-                if r.request.url.startswith(lab_server):
-                    r.continue_()
-                else:
-                    outside.append(r.request.url)
-                    r.abort()
+        def route(r):
+            if r.request.url.startswith(lab_server):
+                r.continue_()
+            else:
+                outside.append(r.request.url)
+                r.abort()
 
-            page.route("**/*", route)
-            page.goto(f"{lab_server}/lab/tree/mnist_data.md", timeout=180_000)
-            page.wait_for_function(
-                "document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell').length > 3",
-                timeout=180_000)
-            n_code = page.evaluate("document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell').length")
-        finally:
-            browser.close()
+        page.route("**/*", route)
+        page.goto(f"{lab_server}/lab/tree/mnist_data.md", timeout=180_000)
+        page.wait_for_function(
+            "document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell').length > 3",
+            timeout=180_000)
+        n_code = page.evaluate("document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell').length")
+    finally:
+        context.close()
     assert n_code > 3
     # JupyterLab itself may ask for its news feed; nothing else may leave localhost.
     unexpected = [u for u in outside if "jupyter.org" not in u]
