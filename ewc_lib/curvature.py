@@ -182,7 +182,16 @@ def _check_positive_int(name, value, allow_none=False):
 
 
 def _all_finite(t, rows=4096):
-    """isfinite(t).all() in row blocks (a full boolean copy of 60,000 images costs ~150 MB peak)."""
+    """isfinite(t).all(), cheaply.
+
+    A sum containing NaN or inf is not finite, so one reduction settles the common case; only
+    when the sum is not finite (NaN/inf present, or an overflow of huge finite values) are the
+    entries checked, in row blocks (a full boolean copy of 60,000 images costs ~150 MB peak).
+    """
+    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
+        return True
+    if t.ndim == 0:
+        return bool(torch.isfinite(t))
     return all(bool(torch.isfinite(t[i:i + rows]).all()) for i in range(0, t.shape[0], rows))
 
 
@@ -213,14 +222,14 @@ class _Setup:
             raise ValueError("inputs: expected finite values, found NaN or inf")
         dtype = self.named[0][1].dtype
         for name, p in self.named:
-            if not torch.isfinite(p).all():
+            if not _all_finite(p.detach()):
                 raise ValueError(f"model: parameter {name!r} contains NaN or inf")
         if inputs.dtype != dtype:
             raise TypeError(f"inputs: expected dtype {dtype} (that of the model's parameters), got {inputs.dtype}")
         self.inputs = inputs
         self.n = inputs.shape[0]
-        with torch.no_grad():
-            out = model(inputs[:1])
+        with _eval_mode(model), torch.no_grad():  # eval: no dropout draw, no batch-norm update
+            out = model(inputs[:1].clone())
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model output: expected a tensor, got {type(out).__name__}")
         if likelihood == "categorical" and (out.ndim != 2 or out.shape[1] < 2):
@@ -433,8 +442,8 @@ def _act_derivative(m, z, out):
     return out * (1 - out)  # Sigmoid
 
 
-def _fast_diag_chunk(layers, x, factor_fn, acc, trainable_ids, names):
-    """Add sum_n sum_k (J_n^T v_{n,k})^2 of one chunk to ``acc`` (dict name -> tensor)."""
+def _fast_diag_chunk(layers, x, factor_fn, acc, trainable_ids, names, scale):
+    """Add ``scale * sum_n sum_k (J_n^T v_{n,k})^2`` of one chunk to ``acc`` (name -> tensor)."""
     records = []
     h = x
     with torch.no_grad():
@@ -445,12 +454,11 @@ def _fast_diag_chunk(layers, x, factor_fn, acc, trainable_ids, names):
                 records.append((m, h))
                 h = nn.functional.linear(h, m.weight, m.bias)
             elif isinstance(m, _ELEMENTWISE):
-                out = m(h)
+                out = m(h.clone()) if getattr(m, "inplace", False) else m(h)
                 records.append((m, (h, out)))
                 h = out
             elif isinstance(m, nn.Flatten):
                 h = m(h)
-                records.append((m, None))
             # Identity, Dropout (eval): nothing
         first = next(i for i, (m, _) in enumerate(records) if isinstance(m, nn.Linear))
         v = factor_fn(h)  # (n, K, C)
@@ -460,18 +468,20 @@ def _fast_diag_chunk(layers, x, factor_fn, acc, trainable_ids, names):
             m, rec = records[i]
             if isinstance(m, nn.Linear):
                 a = rec
-                sq = (delta * delta).reshape(n, k, -1).sum(1)  # (n, out)
+                sq = delta * delta
+                if k > 1:
+                    sq = sq.reshape(n, k, -1).sum(1)  # (n, out): summed over the K columns
                 if id(m.weight) in trainable_ids:
-                    acc[names[id(m.weight)]].addmm_(sq.T, a * a)
+                    acc[names[id(m.weight)]].addmm_(sq.T, a * a, alpha=scale)
                 if m.bias is not None and id(m.bias) in trainable_ids:
-                    acc[names[id(m.bias)]].add_(sq.sum(0))
+                    acc[names[id(m.bias)]].add_(sq.sum(0), alpha=scale)
                 if i > first:
                     delta = delta @ m.weight
             elif isinstance(m, _ELEMENTWISE):
                 z, out = rec
                 d = _act_derivative(m, z, out)
                 delta = (delta.reshape(n, k, -1) * d.unsqueeze(1)).reshape(n * k, -1)
-            # Flatten after the first Linear acts on 2-D tensors: identity
+        # (Flatten is not recorded: after the first Linear it acts on 2-D tensors as the identity)
 
 
 # ------------------------------------------------------------------------ generic path
@@ -522,34 +532,6 @@ def _batched_grads(setup, targets):
         yield (hi - lo) / setup.n, grads
 
 
-_COMMON_DOC = r"""
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Maps inputs ``(N, ...)`` to natural parameters: logits ``(N, C)`` (categorical),
-        means ``(N, D)`` (gaussian), one logit ``(N, 1)`` (bernoulli). Evaluated in eval
-        mode; its modes and ``requires_grad`` flags are restored afterwards.
-    inputs : Tensor (N, ...)
-        Floating point, finite, same dtype as the parameters, ``N >= 1``.
-    likelihood : {"categorical", "gaussian", "bernoulli"}
-    estimator : {"exact", "mc", "empirical", "batched_empirical"}
-    targets : Tensor, optional
-        Observed targets; required by "empirical" and "batched_empirical", ignored by
-        "exact" and "mc". Categorical: integer class indices ``(N,)``; gaussian: floats
-        ``(N, D)``; bernoulli: 0/1 ``(N,)`` or ``(N, 1)``.
-    num_samples : int >= 1
-        Labels drawn per input by "mc".
-    batch_size : int >= 1 or None
-        For "batched_empirical": the minibatch size ``B`` (required; it changes the result).
-        For every other estimator: only the number of examples processed at once (bounds the
-        memory; the result does not depend on it up to round-off). ``None`` picks a chunk
-        size automatically.
-    generator : torch.Generator or None
-        Source of the "mc" draws (``None``: PyTorch's global generator). The same generator
-        state gives the same labels as :func:`sample_targets`.
-    sigma2 : float > 0
-        Fixed variance of the Gaussian likelihood (ignored otherwise).
-"""
 
 
 # ------------------------------------------------------------------------ public API
@@ -582,7 +564,34 @@ def fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact
 
     Sum convention: the curvature of the *summed* NLL used by Laplace libraries (and by
     BackPACK with ``reduction="sum"``) is ``N`` times these numbers.
-    """ + _COMMON_DOC + r"""
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps inputs ``(N, ...)`` to natural parameters: logits ``(N, C)`` (categorical),
+        means ``(N, D)`` (gaussian), one logit ``(N, 1)`` (bernoulli). Evaluated in eval
+        mode; its modes and ``requires_grad`` flags are restored afterwards.
+    inputs : Tensor (N, ...)
+        Floating point, finite, same dtype as the parameters, ``N >= 1``.
+    likelihood : {"categorical", "gaussian", "bernoulli"}
+    estimator : {"exact", "mc", "empirical", "batched_empirical"}
+    targets : Tensor, optional
+        Observed targets; required by "empirical" and "batched_empirical", ignored by
+        "exact" and "mc". Categorical: integer class indices ``(N,)``; gaussian: floats
+        ``(N, D)``; bernoulli: 0/1 ``(N,)`` or ``(N, 1)``.
+    num_samples : int >= 1
+        Labels drawn per input by "mc".
+    batch_size : int >= 1 or None
+        For "batched_empirical": the minibatch size ``B`` (required; it changes the result).
+        For every other estimator: only the number of examples processed at once (bounds the
+        memory; the result does not depend on it up to round-off). ``None`` picks a chunk
+        size automatically.
+    generator : torch.Generator or None
+        Source of the "mc" draws (``None``: PyTorch's global generator). The same generator
+        state gives the same labels as :func:`sample_targets`.
+    sigma2 : float > 0
+        Fixed variance of the Gaussian likelihood (ignored otherwise).
+
     Returns
     -------
     dict[str, Tensor]
@@ -636,8 +645,8 @@ def _fast_diagonal(setup, plan, estimator, targets, noise, acc):
             return _factors(f, setup.likelihood, estimator, setup.sigma2,
                             None if targets is None else targets[lo:hi],
                             None if noise is None else noise[lo:hi], cholesky=True)
-        _fast_diag_chunk(plan, setup.inputs[lo:hi], factor_fn, acc, trainable_ids, names)
-    return {name: t / setup.n for name, t in acc.items()}
+        _fast_diag_chunk(plan, setup.inputs[lo:hi], factor_fn, acc, trainable_ids, names, 1.0 / setup.n)
+    return acc
 
 
 def fisher_matrix(model, inputs, *, likelihood="categorical", estimator="exact", targets=None,
@@ -653,7 +662,34 @@ def fisher_matrix(model, inputs, *, likelihood="categorical", estimator="exact",
     :func:`fisher_diagonal` for every estimator (same random draws for "mc" given the same
     generator state). Mean over data points; the summed-loss convention is ``N`` times this.
     Dense: meant for small models (``P`` up to a few thousand).
-    """ + _COMMON_DOC + r"""
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps inputs ``(N, ...)`` to natural parameters: logits ``(N, C)`` (categorical),
+        means ``(N, D)`` (gaussian), one logit ``(N, 1)`` (bernoulli). Evaluated in eval
+        mode; its modes and ``requires_grad`` flags are restored afterwards.
+    inputs : Tensor (N, ...)
+        Floating point, finite, same dtype as the parameters, ``N >= 1``.
+    likelihood : {"categorical", "gaussian", "bernoulli"}
+    estimator : {"exact", "mc", "empirical", "batched_empirical"}
+    targets : Tensor, optional
+        Observed targets; required by "empirical" and "batched_empirical", ignored by
+        "exact" and "mc". Categorical: integer class indices ``(N,)``; gaussian: floats
+        ``(N, D)``; bernoulli: 0/1 ``(N,)`` or ``(N, 1)``.
+    num_samples : int >= 1
+        Labels drawn per input by "mc".
+    batch_size : int >= 1 or None
+        For "batched_empirical": the minibatch size ``B`` (required; it changes the result).
+        For every other estimator: only the number of examples processed at once (bounds the
+        memory; the result does not depend on it up to round-off). ``None`` picks a chunk
+        size automatically.
+    generator : torch.Generator or None
+        Source of the "mc" draws (``None``: PyTorch's global generator). The same generator
+        state gives the same labels as :func:`sample_targets`.
+    sigma2 : float > 0
+        Fixed variance of the Gaussian likelihood (ignored otherwise).
+
     Example
     -------
     >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3)).double()

@@ -461,3 +461,52 @@ def test_works_under_no_grad():
         d = ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", targets=y, batch_size=2)
         h = ewc_lib.hessian(model, x, y)
     assert flatten_params(d).abs().sum() > 0 and h.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ internals and examples
+
+
+def test_cholesky_factor_of_the_softmax_hessian_including_saturated_outputs():
+    f = torch.cat([torch.randn(20, 5, generator=gen(11), dtype=torch.float64) * 3,
+                   torch.tensor([[800.0, 0, 0, 0, 0], [0, 0, 0, 0, 800.0], [0, 800.0, 800.0, 0, 0]],
+                                dtype=torch.float64)])  # p exactly one-hot / two-hot (underflow)
+    v = curvature._cholesky_output_hessian(f)
+    assert v.shape == (23, 4, 5) and torch.isfinite(v).all()
+    p = torch.softmax(f, -1)
+    lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    assert_close(v.transpose(1, 2) @ v, lam, what="L L^T vs diag(p) - p p^T")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    for module in (curvature, reference):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, f"{module.__name__}: {result}"
+
+
+def test_generic_path_model_with_batchnorm_left_untouched():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3)).double()
+    model[1].running_mean.normal_()
+    assert curvature._fast_plan(model) is None
+    x = make_inputs(CASES[0])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    d = ewc_lib.fisher_diagonal(model, x)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), f"{k} changed by fisher_diagonal"
+    ref = reference.fisher_diagonal_loop(model, x)
+    assert_close(flatten_params(d), flatten_params(ref), what="batch-norm model (eval statistics) vs loop")
+
+
+def test_inplace_activation_fast_path():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(3, 4), nn.LeakyReLU(0.2, inplace=True),
+                          nn.Linear(4, 3)).double()
+    x = make_inputs(CASES[0])
+    x0 = x.clone()
+    d = ewc_lib.fisher_diagonal(model, x)
+    assert torch.equal(x, x0), "inputs modified in place"
+    assert_close(flatten_params(d), flatten_params(reference.fisher_diagonal_loop(model, x)), what="inplace")
