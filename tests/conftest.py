@@ -10,6 +10,17 @@
 
 The markers ``book``, ``browser`` and ``notebook`` are declared in ``pyproject.toml``;
 they are registered here as well so that the tests also run with another ini file.
+
+Order (``pytest_collection_modifyitems``): notebook tests first (they execute every notebook
+and leave the results in the book's jupyter-cache), then unit tests, then the book build
+(which renders the notebooks from that cache instead of running them again), then the
+browser tests on the built pages.
+
+Why ``make test`` does not use pytest-xdist (``-n 2``): a session fixture runs once per
+xdist worker, so the book would be built twice, and the build must start only after every
+notebook test has filled the cache, which xdist's scheduling does not guarantee. The
+notebooks also do not gain much: PyTorch and NumPy already use both cores inside one
+notebook. ``make unit`` (no notebook, book or browser test) may use ``-n 2``.
 """
 
 from __future__ import annotations
