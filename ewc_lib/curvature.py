@@ -559,8 +559,10 @@ def fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact
       ``batch_size = B`` examples (the last one may be smaller) and return
       ``sum_b (|b|/N) (gbar_{b,i})^2`` with ``gbar_b = (1/|b|) sum_{n in b} g(y_n, x_n)``:
       the square of the minibatch-mean gradient, averaged over minibatches weighted by their
-      size (a plain average when ``B`` divides ``N``). This is what much EWC code computes;
-      it is roughly ``empirical / B + (mean gradient)^2``, i.e. about ``B`` times too small.
+      size (a plain average when ``B`` divides ``N``). This is what much EWC code computes.
+      For minibatches that look like random samples it is about
+      ``empirical / B + (1 - 1/B) * (mean gradient)^2``: near a minimum of the training loss,
+      about ``B`` times smaller than the empirical Fisher. ``B = 1`` gives "empirical".
 
     Sum convention: the curvature of the *summed* NLL used by Laplace libraries (and by
     BackPACK with ``reduction="sum"``) is ``N`` times these numbers.

@@ -207,6 +207,34 @@ def test_mc_converges_to_exact_within_standard_errors(case):
     assert errors[1024] < errors[4] / 4, f"{case}: MC error did not shrink like 1/sqrt(S): {errors}"
 
 
+@pytest.mark.parametrize("case", [GAUSSIAN[0], GAUSSIAN[2], CASES[-1]], ids=str)
+def test_mc_gaussian_and_bernoulli_within_standard_errors(case):
+    model, x, _ = make(case)
+    kw = dict(likelihood=case.likelihood, sigma2=case.sigma2)
+    n = x.shape[0]
+    # per-example exact diagonals a_n (one example at a time)
+    a = torch.stack([flatten_params(ewc_lib.fisher_diagonal(model, x[i:i + 1], **kw)) for i in range(n)])
+    if case.likelihood == "gaussian":
+        # g_i = eps^T J_i / sqrt(sigma2) with eps ~ N(0, I) is N(0, a_ni): Var(g^2) = 2 a^2
+        var = 2 * a ** 2
+    else:
+        with torch.no_grad():
+            s = torch.sigmoid(model(x))  # (n, 1)
+        g2 = {y: reference.per_example_scores(model, x, torch.full((n,), float(y)), likelihood="bernoulli") ** 2
+              for y in (0, 1)}
+        second = s * g2[1] ** 2 + (1 - s) * g2[0] ** 2
+        var = second - a ** 2
+    exact = a.mean(0)
+    assert_close(flatten_params(ewc_lib.fisher_diagonal(model, x, **kw)), exact, what="mean of per-example")
+    for num in (16, 1024):
+        mc = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=num, generator=gen(num),
+                                                    **kw))
+        se = (var.sum(0) / (n * n * num)).sqrt()
+        z = (mc - exact).abs() / se.clamp_min(1e-300)
+        ok = (z <= MC_SIGMAS) | (se < 1e-14)
+        assert ok.all(), f"{case}, S={num}: {int((~ok).sum())} entries beyond {MC_SIGMAS} SE (max z {z.max():.2f})"
+
+
 def test_empirical_differs_from_exact_deterministic_counterexample():
     # one example, logits far from the observed label: EF = (e_y - p)(..)^T != sum_c p_c (...)
     model = nn.Sequential(nn.Linear(2, 3, dtype=torch.float64))
