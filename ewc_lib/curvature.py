@@ -463,7 +463,7 @@ def _fast_diag_chunk(layers, x, factor_fn, acc, trainable_ids, names, scale):
         first = next(i for i, (m, _) in enumerate(records) if isinstance(m, nn.Linear))
         v = factor_fn(h)  # (n, K, C)
         n, k, _ = v.shape
-        delta = v.reshape(n * k, -1)  # rows: (example, k)
+        delta = v.reshape(n * k, -1).contiguous()  # rows: (example, k); ours to modify in place
         for i in range(len(records) - 1, first - 1, -1):
             m, rec = records[i]
             if isinstance(m, nn.Linear):
@@ -477,10 +477,12 @@ def _fast_diag_chunk(layers, x, factor_fn, acc, trainable_ids, names, scale):
                     acc[names[id(m.bias)]].add_(sq.sum(0), alpha=scale)
                 if i > first:
                     delta = delta @ m.weight
+            elif isinstance(m, nn.ReLU):
+                z, _ = rec
+                delta.view(n, k, -1).masked_fill_((z <= 0).unsqueeze(1), 0.0)
             elif isinstance(m, _ELEMENTWISE):
                 z, out = rec
-                d = _act_derivative(m, z, out)
-                delta = (delta.reshape(n, k, -1) * d.unsqueeze(1)).reshape(n * k, -1)
+                delta.view(n, k, -1).mul_(_act_derivative(m, z, out).unsqueeze(1))
         # (Flatten is not recorded: after the first Linear it acts on 2-D tensors as the identity)
 
 
