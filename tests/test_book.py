@@ -59,3 +59,27 @@ def test_book_used_fresh_notebook_results(built_book):
     assert not again, ("the book build executed these notebooks a second time (were they edited "
                        f"after their notebook test ran?): {again}")
     assert not not_cached, f"the book build did not take these from the cache: {not_cached}"
+
+
+_STDERR_BLOCK = re.compile(r'<div class="output stderr[^"]*">(.*?)</pre>', re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+_WARNING_WORD = re.compile(r"\b\w*(Warning|Error)\b|Traceback")
+
+
+def test_no_warnings_in_cell_outputs(built_book):
+    """Warnings are errors in this book: no cell may show a Python warning (or an error) on
+    stderr. Progress bars on stderr are fine."""
+    import html as html_lib
+
+    bad = []
+    for doc in toc_docnames():
+        page = built_book.html / f"{doc}.html"
+        if not page.is_file():
+            continue
+        for block in _STDERR_BLOCK.findall(page.read_text(errors="replace")):
+            text = html_lib.unescape(_TAG.sub("", block))
+            m = _WARNING_WORD.search(text)
+            if m:
+                line = next(ln for ln in text.splitlines() if m.group(0) in ln)
+                bad.append(f"{doc}: {line.strip()[:200]}")
+    assert not bad, "cell outputs with warnings:\n" + "\n".join(bad)
