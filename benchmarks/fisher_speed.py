@@ -152,8 +152,9 @@ def main():
     last, per_round = {}, {}
     for fn in methods.values():  # warm-up
         fn()
-    for _ in range(args.repeats):
-        for name, fn in methods.items():
+    order = list(methods.items())
+    for r in range(args.repeats):
+        for name, fn in (order if r % 2 == 0 else order[::-1]):  # alternate the order: no position bias
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             last[name] = time.perf_counter() - t0
