@@ -411,7 +411,8 @@ def logreg_fit(X, y, *, tol: float = 1e-12, max_iter: int = 100):
         while True:
             candidate = theta - t * step
             new_loss = logreg_loss(candidate, X, y)
-            if new_loss <= loss + 1e-4 * t * (g @ -step) or t < 1e-10:
+            # the slack 1e-13 |loss| lets round-off-level changes through near the optimum
+            if new_loss <= loss + 1e-4 * t * (g @ -step) + 1e-13 * abs(loss) or t < 1e-10:
                 break
             t *= 0.5
         theta, loss = candidate, new_loss
