@@ -58,14 +58,16 @@ All Fisher estimators share one structure. For each example there are ``K`` vect
   one column fewer). Gaussian: ``e_d / sqrt(sigma2)``; Bernoulli: ``sqrt(s (1 - s))`` with
   ``s = sigmoid(f)``;
 * mc: ``(e_yhat - p) / sqrt(S)`` for ``S = num_samples`` labels ``yhat`` drawn from the model;
-* empirical: the output-space score of the observed target, e.g. ``e_y - p``.
+* empirical: the output-space score of the observed target, e.g. ``e_y - p``;
+* batched_empirical does not fit this pattern: one ordinary backward pass per minibatch.
 
 For ``nn.Sequential`` models made of ``nn.Linear`` layers and elementwise layers (ReLU,
 LeakyReLU, Tanh, Sigmoid, Identity, Flatten, Dropout) the diagonal takes a fast path: the
 ``K`` vectors of all examples in a chunk are backpropagated together by hand, and since the
 per-example gradient of a Linear weight is the outer product ``delta a^T`` of the
 backpropagated output gradient and the layer input, the sum over examples and ``k`` of its
-square is the single matrix product ``(sum_k delta^2)^T (a^2)``. Every other model takes a
+square is the single matrix product ``(sum_k delta^2)^T (a^2)`` (Linear layers must see
+2-D inputs ``(n, features)``; otherwise the generic path is used). Every other model takes a
 generic ``torch.func`` path (``vmap`` over examples of ``vjp``). Both paths give the same
 numbers (tested); ``_fast_plan(model)`` tells which one a model takes.
 """
