@@ -103,6 +103,8 @@ ESTIMATORS = ("exact", "mc", "empirical", "batched_empirical")
 FAST_CHUNK = 1024
 #: Number of tensor elements the generic torch.func path may materialise per chunk.
 GENERIC_BUDGET = 2**23
+#: Largest number of parameters for the dense (P, P) functions (20,000**2 float64 = 3.2 GB).
+MAX_DENSE_PARAMS = 20_000
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -282,6 +284,12 @@ class _Setup:
         if not _all_finite(targets):
             raise ValueError(f"{name}: expected finite values, found NaN or inf")
         return targets.to(self.dtype)
+
+    def check_dense(self, function):
+        if self.numel > MAX_DENSE_PARAMS:
+            raise ValueError(f"model: {function} builds a dense (P, P) matrix and P = {self.numel} trainable "
+                             f"parameters exceeds MAX_DENSE_PARAMS = {MAX_DENSE_PARAMS}; use fisher_diagonal, or "
+                             f"freeze parameters (requires_grad=False) to look at a block")
 
     def chunks(self, size):
         for start in range(0, self.n, size):
@@ -705,6 +713,7 @@ def fisher_matrix(model, inputs, *, likelihood="categorical", estimator="exact",
     (torch.Size([21, 21]), True, True)
     """
     setup = _Setup(model, inputs, likelihood, sigma2, batch_size)
+    setup.check_dense("fisher_matrix")
     with _eval_mode(model):
         targets, noise, k = _estimator_args(setup, estimator, targets, num_samples, generator)
         P = setup.numel
@@ -797,6 +806,7 @@ def hessian(model, inputs, targets, *, likelihood="categorical", sigma2=1.0, bat
     True
     """
     setup = _Setup(model, inputs, likelihood, sigma2, batch_size)
+    setup.check_dense("hessian")
     with _eval_mode(model):
         targets = setup.check_targets(targets)
         fn = _flat_function(setup, lambda f, y: _nll(f, y, likelihood, setup.sigma2).sum())
@@ -826,6 +836,7 @@ def expected_hessian(model, inputs, *, likelihood="categorical", sigma2=1.0, bat
     True
     """
     setup = _Setup(model, inputs, likelihood, sigma2, batch_size)
+    setup.check_dense("expected_hessian")
     s2 = setup.sigma2
 
     def expected_nll(f, f0):
@@ -867,6 +878,7 @@ def ggn(model, inputs, *, likelihood="categorical", sigma2=1.0, batch_size=None)
     True
     """
     setup = _Setup(model, inputs, likelihood, sigma2, batch_size)
+    setup.check_dense("ggn")
     with _eval_mode(model):
         P = setup.numel
         acc = torch.zeros(P, P, dtype=setup.dtype)

@@ -538,3 +538,16 @@ def test_inplace_activation_fast_path():
     d = ewc_lib.fisher_diagonal(model, x)
     assert torch.equal(x, x0), "inputs modified in place"
     assert_close(flatten_params(d), flatten_params(reference.fisher_diagonal_loop(model, x)), what="inplace")
+
+
+def test_dense_functions_refuse_huge_models_and_hessian_chunking():
+    big = ewc_lib.mlp([784, 400, 10], seed=0, dtype=torch.float64)
+    x = torch.zeros(2, 784, dtype=torch.float64)
+    for fn in (ewc_lib.fisher_matrix, ewc_lib.ggn, ewc_lib.expected_hessian):
+        with pytest.raises(ValueError, match="MAX_DENSE_PARAMS"):
+            fn(big, x)
+    model, x, y = make(CATEGORICAL[0])
+    assert_close(ewc_lib.hessian(model, x, y, batch_size=2), ewc_lib.hessian(model, x, y), what="hessian chunks")
+    assert_close(ewc_lib.ggn(model, x, batch_size=3), ewc_lib.ggn(model, x), what="ggn chunks")
+    assert_close(ewc_lib.expected_hessian(model, x, batch_size=4), ewc_lib.expected_hessian(model, x),
+                 what="expected_hessian chunks")
