@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import time
 
 import pytest
@@ -109,7 +110,8 @@ def execute_and_cache(path: pathlib.Path) -> NotebookRun:
                                  allow_errors=False, meta_override=True)
     seconds = time.perf_counter() - t0
     if result.err is not None:
-        return NotebookRun(path, seconds, result.exc_string or repr(result.err))
+        message = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(result.err).__name__}: {result.err}")
+        return NotebookRun(path, seconds, message)
     cache = get_cache(str(cache_path()))
     record = cache.add_nb_to_project(str(path), read_data=NOTEBOOK_READ_FMT)
     cache.cache_notebook_bundle(
