@@ -23,7 +23,7 @@ Then, in a fresh subprocess each, the peak resident memory of the exact diagonal
 
 BackPACK is optional (``pip install .[bench]``); without it those rows are skipped.
 
-Usage: ``python benchmarks/fisher_speed.py [--repeats 15] [--no-memory]``
+Usage: ``python benchmarks/fisher_speed.py [--repeats 30] [--no-memory]``
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def memory_child(n, chunk):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="images for the timings")
-    parser.add_argument("--repeats", type=int, default=15, help="rounds; the minimum is reported")
+    parser.add_argument("--repeats", type=int, default=30, help="rounds; the minimum is reported")
     parser.add_argument("--naive-subset", type=int, default=20, help="images for the brute-force loop")
     parser.add_argument("--no-memory", action="store_true", help="skip the 60,000-image memory runs")
     parser.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
