@@ -9,12 +9,13 @@ JB := $(BIN)/jupyter-book
 
 .PHONY: book test install bench lab clean clean-all unit paper-scale
 
-$(STAMP): requirements.txt requirements-bench.txt pyproject.toml
+$(STAMP): requirements.txt requirements-bench.txt pyproject.toml tools/jupyterlab-overrides.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-bench.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ewc)" >/dev/null
+	install -D -m 644 tools/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +26,7 @@ book: $(STAMP)
 
 test: $(STAMP)
 	bash tests/ensure_browser.sh
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=25
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not book and not browser and not notebook"
