@@ -10,7 +10,7 @@ Conventions kept everywhere in the library and the book:
 * Every random draw takes a seed or a ``torch.Generator``.
 """
 
-from . import continual, data, laplace, models, overlap, plotting, reference, symbolic, tasks  # noqa: F401
+from . import continual, data, laplace, models, overlap, plotting, progress, reference, symbolic, tasks  # noqa: F401
 from .curvature import *  # noqa: F401,F403
 from .data import load_mnist  # noqa: F401
 from .models import mlp  # noqa: F401

@@ -32,24 +32,10 @@ import torch
 from torch import nn
 
 from .penalty import EWCPenalty, L2Penalty
+from .progress import progress_bar
 
 __all__ = ["ContinualHistory", "train_continual", "evaluate_accuracy"]
 
-
-def _progress_bar(**kwargs):
-    """A ``tqdm.auto`` bar, imported on first use.
-
-    Without ipywidgets (not part of the book's environment) ``tqdm.auto`` falls back to the
-    text bar and warns "IProgress not found" once, at import; that one warning is silenced
-    here so that it does not appear in notebook output. The import is lazy so that
-    ``import ewc_lib`` alone never imports tqdm.
-    """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        from tqdm.auto import tqdm
-    return tqdm(**kwargs)
 
 _METHODS = ("sgd", "l2", "ewc")
 _ESTIMATORS = ("exact", "mc", "empirical", "batched_empirical")
@@ -326,7 +312,7 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     step = 0
-    bar = _progress_bar(total=sum(steps_per_task), desc=f"{method} ({len(tasks)} tasks)",
+    bar = progress_bar(total=sum(steps_per_task), desc=f"{method} ({len(tasks)} tasks)",
                         disable=not progress, leave=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -549,6 +549,35 @@ def _batched_grads(setup, targets):
 # ------------------------------------------------------------------------ public API
 
 
+_ESTIMATOR_PARAMS_DOC = """Parameters
+    ----------
+    model : torch.nn.Module
+        Maps inputs ``(N, ...)`` to natural parameters: logits ``(N, C)`` (categorical),
+        means ``(N, D)`` (gaussian), one logit ``(N, 1)`` (bernoulli). Evaluated in eval
+        mode; its modes and ``requires_grad`` flags are restored afterwards.
+    inputs : Tensor (N, ...)
+        Floating point, finite, same dtype as the parameters, ``N >= 1``.
+    likelihood : {"categorical", "gaussian", "bernoulli"}
+    estimator : {"exact", "mc", "empirical", "batched_empirical"}
+    targets : Tensor, optional
+        Observed targets; required by "empirical" and "batched_empirical", ignored by
+        "exact" and "mc". Categorical: integer class indices ``(N,)``; gaussian: floats
+        ``(N, D)``; bernoulli: 0/1 ``(N,)`` or ``(N, 1)``.
+    num_samples : int >= 1
+        Labels drawn per input by "mc".
+    batch_size : int >= 1 or None
+        For "batched_empirical": the minibatch size ``B`` (required; it changes the result).
+        For every other estimator: only the number of examples processed at once (bounds the
+        memory; the result does not depend on it up to round-off). ``None`` picks a chunk
+        size automatically.
+    generator : torch.Generator or None
+        Source of the "mc" draws (``None``: PyTorch's global generator). The same generator
+        state gives the same labels as :func:`sample_targets`.
+    sigma2 : float > 0
+        Fixed variance of the Gaussian likelihood (ignored otherwise).
+"""
+
+
 def fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact", targets=None,
                     num_samples=1, batch_size=None, generator=None, sigma2=1.0):
     r"""Diagonal of a Fisher information estimator, as a dict ``name -> tensor``.
@@ -579,32 +608,7 @@ def fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact
     Sum convention: the curvature of the *summed* NLL used by Laplace libraries (and by
     BackPACK with ``reduction="sum"``) is ``N`` times these numbers.
 
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Maps inputs ``(N, ...)`` to natural parameters: logits ``(N, C)`` (categorical),
-        means ``(N, D)`` (gaussian), one logit ``(N, 1)`` (bernoulli). Evaluated in eval
-        mode; its modes and ``requires_grad`` flags are restored afterwards.
-    inputs : Tensor (N, ...)
-        Floating point, finite, same dtype as the parameters, ``N >= 1``.
-    likelihood : {"categorical", "gaussian", "bernoulli"}
-    estimator : {"exact", "mc", "empirical", "batched_empirical"}
-    targets : Tensor, optional
-        Observed targets; required by "empirical" and "batched_empirical", ignored by
-        "exact" and "mc". Categorical: integer class indices ``(N,)``; gaussian: floats
-        ``(N, D)``; bernoulli: 0/1 ``(N,)`` or ``(N, 1)``.
-    num_samples : int >= 1
-        Labels drawn per input by "mc".
-    batch_size : int >= 1 or None
-        For "batched_empirical": the minibatch size ``B`` (required; it changes the result).
-        For every other estimator: only the number of examples processed at once (bounds the
-        memory; the result does not depend on it up to round-off). ``None`` picks a chunk
-        size automatically.
-    generator : torch.Generator or None
-        Source of the "mc" draws (``None``: PyTorch's global generator). The same generator
-        state gives the same labels as :func:`sample_targets`.
-    sigma2 : float > 0
-        Fixed variance of the Gaussian likelihood (ignored otherwise).
+    %(estimator_params)s
 
     Returns
     -------
@@ -636,18 +640,23 @@ def fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact
                 return _fast_diagonal(setup, plan, estimator, targets, noise, acc)
             except _NotFast:
                 acc = {n: torch.zeros_like(p) for n, p in setup.named}
-        size = setup.batch_size or _generic_chunk(setup, k)
-        for lo, hi in setup.chunks(size):
-            x = setup.inputs[lo:hi]
-            with torch.no_grad():
-                f = model(x)
-            v = _factors(f, likelihood, estimator, setup.sigma2,
-                         None if targets is None else targets[lo:hi],
-                         None if noise is None else noise[lo:hi])
-            grads = _per_example_grads(setup, x, v)
+        for lo, hi, v, grads in _generic_chunks(setup, estimator, targets, noise, k):
             for name in acc:
                 acc[name].add_((grads[name] ** 2).sum((0, 1)))
         return {name: t / setup.n for name, t in acc.items()}
+
+
+def _generic_chunks(setup, estimator, targets, noise, k):
+    """Per-chunk ``(lo, hi, v, grads)`` of the generic path: ``v`` the output-space factors of
+    ``estimator`` and ``grads`` the per-example parameter gradients they backpropagate to."""
+    for lo, hi in setup.chunks(setup.batch_size or _generic_chunk(setup, k)):
+        x = setup.inputs[lo:hi]
+        with torch.no_grad():
+            f = setup.model(x)
+        v = _factors(f, setup.likelihood, estimator, setup.sigma2,
+                     None if targets is None else targets[lo:hi],
+                     None if noise is None else noise[lo:hi])
+        yield lo, hi, v, _per_example_grads(setup, x, v)
 
 
 def _fast_diagonal(setup, plan, estimator, targets, noise, acc):
@@ -677,32 +686,7 @@ def fisher_matrix(model, inputs, *, likelihood="categorical", estimator="exact",
     generator state). Mean over data points; the summed-loss convention is ``N`` times this.
     Dense: meant for small models (``P`` up to a few thousand).
 
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Maps inputs ``(N, ...)`` to natural parameters: logits ``(N, C)`` (categorical),
-        means ``(N, D)`` (gaussian), one logit ``(N, 1)`` (bernoulli). Evaluated in eval
-        mode; its modes and ``requires_grad`` flags are restored afterwards.
-    inputs : Tensor (N, ...)
-        Floating point, finite, same dtype as the parameters, ``N >= 1``.
-    likelihood : {"categorical", "gaussian", "bernoulli"}
-    estimator : {"exact", "mc", "empirical", "batched_empirical"}
-    targets : Tensor, optional
-        Observed targets; required by "empirical" and "batched_empirical", ignored by
-        "exact" and "mc". Categorical: integer class indices ``(N,)``; gaussian: floats
-        ``(N, D)``; bernoulli: 0/1 ``(N,)`` or ``(N, 1)``.
-    num_samples : int >= 1
-        Labels drawn per input by "mc".
-    batch_size : int >= 1 or None
-        For "batched_empirical": the minibatch size ``B`` (required; it changes the result).
-        For every other estimator: only the number of examples processed at once (bounds the
-        memory; the result does not depend on it up to round-off). ``None`` picks a chunk
-        size automatically.
-    generator : torch.Generator or None
-        Source of the "mc" draws (``None``: PyTorch's global generator). The same generator
-        state gives the same labels as :func:`sample_targets`.
-    sigma2 : float > 0
-        Fixed variance of the Gaussian likelihood (ignored otherwise).
+    %(estimator_params)s
 
     Example
     -------
@@ -723,15 +707,7 @@ def fisher_matrix(model, inputs, *, likelihood="categorical", estimator="exact",
                 g = torch.cat([t.detach().reshape(-1) for t in grads])
                 acc.add_(w * torch.outer(g, g))
             return acc
-        size = setup.batch_size or _generic_chunk(setup, k)
-        for lo, hi in setup.chunks(size):
-            x = setup.inputs[lo:hi]
-            with torch.no_grad():
-                f = model(x)
-            v = _factors(f, likelihood, estimator, setup.sigma2,
-                         None if targets is None else targets[lo:hi],
-                         None if noise is None else noise[lo:hi])
-            grads = _per_example_grads(setup, x, v)
+        for lo, hi, v, grads in _generic_chunks(setup, estimator, targets, noise, k):
             g = torch.cat([grads[name].reshape(hi - lo, v.shape[1], -1) for name, _ in setup.named], -1)
             g = g.reshape(-1, P)
             acc.addmm_(g.T, g)
@@ -894,3 +870,8 @@ def ggn(model, inputs, *, likelihood="categorical", sigma2=1.0, batch_size=None)
             lj = torch.einsum("ncd,ndq->ncq", lam, J).reshape(-1, P)
             acc.addmm_(J.reshape(-1, P).T, lj)
         return acc / setup.n
+
+
+for _f in (fisher_diagonal, fisher_matrix):
+    _f.__doc__ = _f.__doc__.replace("%(estimator_params)s", _ESTIMATOR_PARAMS_DOC.rstrip("\n"))
+del _f
