@@ -21,6 +21,7 @@ in eval mode. The returned :class:`ContinualHistory` says what happened.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
@@ -39,6 +40,7 @@ __all__ = ["ContinualHistory", "train_continual", "evaluate_accuracy"]
 
 _METHODS = ("sgd", "l2", "ewc")
 _ESTIMATORS = ("exact", "mc", "empirical", "batched_empirical")
+_PENALTY_STEPS = ("gradient", "proximal")
 
 
 @dataclasses.dataclass
@@ -68,6 +70,8 @@ class ContinualHistory:
         F_{t,i}``). Plain SGD on the penalty alone is stable only while this is below 2; larger
         values make the most important parameters oscillate and blow up, which looks like a
         collapse of all accuracies rather than like an error. Empty for ``"sgd"``.
+    epochs_run : list of int
+        Epochs trained on each task (less than ``epochs_per_task`` only with early stopping).
     cpu_seconds, wall_seconds : float
         Process CPU time and wall time of the whole call.
     """
@@ -79,6 +83,7 @@ class ContinualHistory:
     task_boundaries: list
     penalty: Any = None
     penalty_step_curvature: list = dataclasses.field(default_factory=list)
+    epochs_run: list = dataclasses.field(default_factory=list)
     cpu_seconds: float = float("nan")
     wall_seconds: float = float("nan")
 
@@ -146,6 +151,17 @@ def _check_tasks(tasks):
     return [getattr(task, "name", f"T{t}") for t, task in enumerate(tasks)]
 
 
+def _check_validation_splits(tasks):
+    for t, task in enumerate(tasks):
+        xv, yv = getattr(task, "x_val", None), getattr(task, "y_val", None)
+        if not isinstance(xv, torch.Tensor) or not isinstance(yv, torch.Tensor):
+            raise TypeError(f"tasks[{t}]: early_stopping needs x_val and y_val tensors (a "
+                            "validation split held out of the training set)")
+        if xv.shape[0] == 0 or yv.ndim != 1 or xv.shape[0] != yv.shape[0]:
+            raise ValueError(f"tasks[{t}]: x_val {tuple(xv.shape)} and y_val {tuple(yv.shape)} "
+                             "must hold the same number N > 0 of examples")
+
+
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       chunk_size: int = 10_000) -> float:
@@ -169,7 +185,8 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
                     fisher_batch_size: int | None = None, penalty_mode: str = "separate",
                     gamma: float = 1.0, eval_every: int | None = None,
                     eval_num_examples: int | None = None, seed: int = 0,
-                    progress: bool = True) -> ContinualHistory:
+                    penalty_step: str = "gradient", early_stopping: int | None = None,
+                    callback=None, progress: bool = True) -> ContinualHistory:
     r"""Train ``model`` on ``tasks`` in order with plain SGD (+ L2 or EWC); return the history.
 
     Objective while training task ``t`` (minibatch ``b`` of task ``t``):
@@ -222,6 +239,21 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
         generator, ``seed + 1``) and dropout (the global RNG, inside ``torch.random.fork_rng``
         so that the caller's RNG state is left untouched). Same seed, same model init ->
         identical history.
+    penalty_step : {"gradient", "proximal"}
+        ``"gradient"``: SGD on ``loss + penalty`` (the penalty's gradient is part of every
+        step). ``"proximal"``: SGD on the loss alone, then the penalty's part of the step in
+        closed form (:meth:`EWCPenalty.proximal_step`); same fixed points, and stable for any
+        ``lam`` (see *Stability*).
+    early_stopping : int or None
+        ``None``: exactly ``epochs_per_task`` epochs per task. An int ``k``: each task must
+        carry a validation split (``x_val``, ``y_val``); after every epoch the accuracy on the
+        **current** task's validation split is measured, training of the task stops when it
+        has not improved for ``k`` epochs in a row (or after ``epochs_per_task`` epochs), and
+        the weights with the best validation accuracy of that task are restored. No earlier
+        task's data is used.
+    callback : callable or None
+        Called as ``callback(step, model)`` after every optimisation step (``step`` counts
+        from 1), e.g. to record an early checkpoint. It must not change the model.
     progress : bool
         Show a ``tqdm.auto`` progress bar over all SGD steps.
 
@@ -230,6 +262,7 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
     The penalty's Hessian is ``lam * sum_t diag(F_t)``; SGD with step ``lr`` is unstable on it
     when ``lr * lam * max_i sum_t F_{t,i} >= 2``. The history records this number after each
     consolidation (``penalty_step_curvature``); a non-finite loss raises ``FloatingPointError``.
+    ``penalty_step="proximal"`` removes this bound (the recorded number may then exceed 2).
 
     Returns
     -------
@@ -270,6 +303,14 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
     seed = _check_int("seed", seed, minimum=0)
     if fisher_estimator not in _ESTIMATORS:
         raise ValueError(f"fisher_estimator: expected one of {_ESTIMATORS}, got {fisher_estimator!r}")
+    if penalty_step not in _PENALTY_STEPS:
+        raise ValueError(f"penalty_step: expected one of {_PENALTY_STEPS}, got {penalty_step!r}")
+    early_stopping = _check_int("early_stopping", early_stopping, allow_none=True)
+    if early_stopping is not None:
+        _check_validation_splits(tasks)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable(step, model) or None, got "
+                        f"{type(callback).__name__}")
     # Validates penalty_mode, gamma (and lam) once, before any training happens.
     if method == "l2":
         penalty = L2Penalty(lam, mode=penalty_mode, gamma=gamma)
@@ -289,7 +330,8 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
                   fisher_num_examples=fisher_num_examples,
                   fisher_batch_size=fisher_batch_size if fisher_batch_size else batch_size,
                   penalty_mode=penalty_mode, gamma=float(gamma), eval_every=eval_every,
-                  eval_num_examples=eval_num_examples, seed=seed, task_names=task_names,
+                  eval_num_examples=eval_num_examples, seed=seed, penalty_step=penalty_step,
+                  early_stopping=early_stopping, task_names=task_names,
                   num_params=sum(p.numel() for p in params), steps_per_task=steps_per_task)
     eval_sets = []
     for task in tasks:
@@ -299,6 +341,7 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
 
     records: list[dict] = []
     boundaries: list[int] = []
+    epochs_run: list[int] = []
     step_curvature: list[float] = []
     optimizer = torch.optim.SGD(params, lr=float(lr))
     batch_gen = torch.Generator().manual_seed(seed)
@@ -313,7 +356,7 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     step = 0
     bar = progress_bar(total=sum(steps_per_task), desc=f"{method} ({len(tasks)} tasks)",
-                        disable=not progress, leave=False)
+                       disable=not progress, leave=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if eval_every is not None:
@@ -321,6 +364,7 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
         for t, task in enumerate(tasks):
             boundaries.append(step)
             x, y = task.x_train.to(dtype), task.y_train
+            best = None  # (validation accuracy, epoch, state) with early stopping
             for epoch in range(epochs_per_task):
                 order = torch.randperm(x.shape[0], generator=batch_gen)
                 for start in range(0, x.shape[0], batch_size):
@@ -328,20 +372,35 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
                     model.train()
                     optimizer.zero_grad(set_to_none=True)
                     loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                    if penalty is not None and penalty.num_tasks > 0:
+                    penalised = penalty is not None and penalty.num_tasks > 0
+                    if penalised and penalty_step == "gradient":
                         loss = loss + penalty(model)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
                             f"loss became {float(loss.detach())} at step {step} (task {t}); lower lr or lam")
                     loss.backward()
                     optimizer.step()
+                    if penalised and penalty_step == "proximal":
+                        penalty.proximal_step(model, lr)
                     step += 1
                     bar.update(1)
+                    if callback is not None:
+                        callback(step, model)
                     last_step_of_task = (epoch == epochs_per_task - 1
                                          and start + batch_size >= x.shape[0])
                     if eval_every is not None and step % eval_every == 0 and not last_step_of_task:
                         evaluate(step, epoch, t, False)
-            evaluate(step, epochs_per_task - 1, t, True)
+                if early_stopping is not None:
+                    acc = evaluate_accuracy(model, task.x_val.to(dtype), task.y_val)
+                    if best is None or acc > best[0]:
+                        best = (acc, epoch, copy.deepcopy(model.state_dict()))
+                    elif epoch - best[1] >= early_stopping:
+                        break
+            if best is not None:
+                model.load_state_dict(best[2])
+                bar.update(steps_per_task[t] - (step - boundaries[t]))
+            epochs_run.append(epoch + 1)
+            evaluate(step, epoch, t, True)
             if penalty is not None and t < len(tasks) - 1:
                 if method == "ewc":
                     fisher = _fisher(model, x, y, fisher_estimator, fisher_num_examples,
@@ -354,7 +413,7 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
     model.eval()
     return ContinualHistory(method=method, config=config, task_names=task_names, records=records,
                             task_boundaries=boundaries, penalty=penalty,
-                            penalty_step_curvature=step_curvature,
+                            penalty_step_curvature=step_curvature, epochs_run=epochs_run,
                             cpu_seconds=time.process_time() - cpu0,
                             wall_seconds=time.perf_counter() - wall0)
 

@@ -15,12 +15,16 @@ from .data import (
     task_permutations,
 )
 
-__all__ = ["Task", "permuted_mnist_tasks", "centre_square_tasks"]
+__all__ = ["Task", "permuted_mnist_tasks", "centre_square_tasks", "hold_out_validation"]
 
 
 @dataclass(frozen=True)
 class Task:
-    """One supervised task: flattened inputs ``(N, 784)`` in [0, 1] and int64 labels."""
+    """One supervised task: flattened inputs ``(N, 784)`` in [0, 1] and int64 labels.
+
+    ``x_val``/``y_val`` are an optional validation split held out of the training images
+    (see :func:`hold_out_validation`); ``None`` when the task has none.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -28,6 +32,8 @@ class Task:
     x_test: torch.Tensor
     y_test: torch.Tensor
     permutation: np.ndarray
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     def __post_init__(self):
         for split in ("train", "test"):
@@ -90,3 +96,28 @@ def centre_square_tasks(size: int, num_tasks: int = 2, *, seed: int = 0,
     ]
     names = [f"sq{size}-{t}" for t in range(num_tasks)]
     return _tasks_from_perms(perms, names, n_train, n_test, dtype, path)
+
+
+def hold_out_validation(task: Task, n_val: int, *, as_test: bool = False) -> Task:
+    """Split the **last** ``n_val`` training images of ``task`` off as a validation split.
+
+    The returned task trains on the first ``N - n_val`` training images and carries the rest
+    as ``x_val``/``y_val``. With ``as_test=True`` the validation split also replaces the test
+    split (``x_test``/``y_test``), so that code which reports "test" accuracy (such as
+    :func:`ewc_lib.continual.train_continual`) measures validation accuracy instead: that is
+    how hyperparameters are searched without ever touching the test set.
+
+    >>> t = hold_out_validation(permuted_mnist_tasks(1, n_train=100, n_test=10)[0], 20)
+    >>> tuple(t.x_train.shape), tuple(t.x_val.shape), tuple(t.x_test.shape)
+    ((80, 784), (20, 784), (10, 784))
+    """
+    if not isinstance(task, Task):
+        raise TypeError(f"task: expected an ewc_lib.tasks.Task, got {type(task).__name__}")
+    n = task.x_train.shape[0]
+    if isinstance(n_val, bool) or not isinstance(n_val, (int, np.integer)) or not 1 <= n_val < n:
+        raise ValueError(f"n_val: expected an int in [1, {n - 1}], got {n_val!r}")
+    cut = n - int(n_val)
+    xv, yv = task.x_train[cut:], task.y_train[cut:]
+    return Task(task.name, task.x_train[:cut], task.y_train[:cut],
+                xv if as_test else task.x_test, yv if as_test else task.y_test,
+                task.permutation, xv, yv)

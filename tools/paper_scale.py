@@ -1,0 +1,110 @@
+"""Run the paper-scale experiments (Figures 2A, 2B, 2C) and record them in results/*.json.
+
+    python tools/paper_scale.py fig2a --seeds 0 1 2
+    python tools/paper_scale.py fig2c --seeds 0 1 2
+    python tools/paper_scale.py fig2b --seeds 0
+    python tools/paper_scale.py all            # the three, seeds 0 1 2
+
+Resumable: every search point and every run is written to its file when it finishes, and a
+rerun skips what the file already holds. Several invocations may run at once (the files are
+locked while written). The code must be committed first: each file records the commit.
+Each invocation uses one CPU thread per process (run two at once on a 2-core machine).
+See ewc_lib/experiments.py for the settings and how Table S1 is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from ewc_lib import experiments as ex
+from ewc_lib.progress import progress_bar
+
+# Measured epoch times on the 2-core reference machine, one thread (for the ETA only).
+EPOCH_SECONDS = {"fig2a": 2.4, "fig2b": 2.2, "fig2c": 1.8}
+
+
+def _jobs(figure, seeds):
+    """(kind, args, epochs) still to do, in order; lam resolved when the job starts."""
+    cfg = ex.CONFIGS[figure]
+    data = ex.existing(figure)
+    done_points = {(p["method"], p["lam"]) for p in (data["search"] or {}).get("points", [])}
+    done_runs = {(r["seed"], r.get("method", r.get("square"))) for r in data["runs"]}
+    jobs = []
+    for method, grid in cfg.get("lam_grid", {}).items():
+        for lam in grid:
+            if (method, lam) not in done_points:
+                jobs.append(("search", (method, lam), cfg["tasks"] * cfg["epochs_per_task"]))
+    for seed in seeds:
+        if figure == "fig2a":
+            keys = ["sgd", "l2", "ewc"]
+        elif figure == "fig2b":
+            keys = ["ewc", "sgd_dropout", "single_task"]
+        else:
+            keys = cfg["squares"]
+        for key in keys:
+            if (seed, key) not in done_runs:
+                epochs = cfg["epochs_per_task"] * (1 if key == "single_task" else cfg["tasks"])
+                if figure == "fig2b":
+                    epochs = epochs // 3      # early stopping: rough guess for the ETA
+                jobs.append(("run", (seed, key), epochs))
+    return jobs
+
+
+def _lam(figure, key):
+    """The searched lam for a method (2B takes 2A's; 2C has only EWC)."""
+    if figure == "fig2b":
+        if key != "ewc":
+            return 0.0
+        points = ex.load_results("fig2a")["search"]["points"]
+        return ex.select_lambda(points, "ewc", ex.CONFIGS["fig2a"]["lam_grid"]["ewc"])
+    if key == "sgd":
+        return 0.0
+    method = "ewc" if figure == "fig2c" else key
+    points = ex.existing(figure)["search"]["points"]
+    return ex.select_lambda(points, method, ex.CONFIGS[figure]["lam_grid"][method])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("figure", choices=["fig2a", "fig2b", "fig2c", "all"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "python tools/paper_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    figures = ["fig2a", "fig2c", "fig2b"] if args.figure == "all" else [args.figure]
+    for figure in figures:
+        jobs = _jobs(figure, args.seeds)
+        total = sum(e for *_, e in jobs) * EPOCH_SECONDS[figure]
+        bar = progress_bar(total=round(total), desc=f"{figure}: {len(jobs)} jobs", unit="s",
+                           bar_format="{desc} {percentage:3.0f}%|{bar}| ETA {remaining} "
+                                      "(elapsed {elapsed})", position=0)
+        for kind, job, epochs in jobs:
+            start = time.time()
+            if kind == "search":
+                method, lam = job
+                bar.set_description(f"{figure} search {method} lam={lam:g}")
+                entry = ex.search_lambda(figure, method, lam)
+                ex.record(figure, "search", entry, command)
+            else:
+                seed, key = job
+                bar.set_description(f"{figure} seed {seed} {key}")
+                if figure == "fig2c":
+                    entry = ex.run_fig2c(seed, key, _lam(figure, "ewc"))
+                elif figure == "fig2a":
+                    entry = ex.run_fig2a(seed, key, _lam(figure, key))
+                else:
+                    entry = ex.run_fig2b(seed, key, _lam(figure, key))
+                ex.record(figure, "runs", entry, command)
+            bar.update(round(epochs * EPOCH_SECONDS[figure]))
+            bar.write(f"{figure} {kind} {job}: done in {time.time() - start:.0f} s")
+        bar.close()
+
+
+if __name__ == "__main__":
+    main()
