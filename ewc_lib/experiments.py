@@ -130,18 +130,25 @@ def _empty(figure: str, command: str) -> dict:
             "config": cfg, "search": None, "runs": []}
 
 
-def _git_commit() -> str:
+def _git(*args) -> str:
     root = pathlib.Path(__file__).resolve().parent.parent
-    out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                         check=True)
     return out.stdout.strip()
 
 
-def _git_dirty() -> bool:
-    root = pathlib.Path(__file__).resolve().parent.parent
-    out = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ewc_lib", "tools"],
-                         capture_output=True, text=True, check=True)
-    return bool(out.stdout.strip())
+#: The code this process runs: the commit checked out when ``ewc_lib.experiments`` was
+#: imported, and whether ``ewc_lib/`` or ``tools/`` had uncommitted changes then (later edits
+#: of the files do not change a running process).
+_CODE_STATE = {}
+
+
+def code_state() -> tuple[str, bool]:
+    """``(commit, dirty)`` of the code as it was when this process first asked."""
+    if not _CODE_STATE:
+        _CODE_STATE["commit"] = _git("rev-parse", "HEAD")
+        _CODE_STATE["dirty"] = bool(_git("status", "--porcelain", "--", "ewc_lib", "tools"))
+    return _CODE_STATE["commit"], _CODE_STATE["dirty"]
 
 
 def _read_or_new(figure: str, command: str) -> dict:
@@ -161,7 +168,8 @@ def record(figure: str, key: str, entry: dict, command: str) -> None:
     Provenance is updated on every write: the commit the code ran from (refused if
     ``ewc_lib`` has uncommitted changes), the finishing date, the summed CPU seconds.
     """
-    if _git_dirty():
+    commit, dirty = code_state()
+    if dirty:
         raise RuntimeError("ewc_lib or tools has uncommitted changes: commit before recording "
                            "results")
     with _locked(figure):
@@ -175,7 +183,7 @@ def record(figure: str, key: str, entry: dict, command: str) -> None:
         else:
             raise ValueError(f"key: expected 'runs' or 'search', got {key!r}")
         prov = data["provenance"]
-        prov.update(command=command, commit=_git_commit(),
+        prov.update(command=command, commit=commit,
                     finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     torch=torch.__version__, threads=torch.get_num_threads())
         prov["cpu_seconds"] = round(float(entry.get("cpu_seconds", 0.0)) + prov["cpu_seconds"], 1)

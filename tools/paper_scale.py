@@ -75,6 +75,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    commit, dirty = ex.code_state()    # the code as loaded now is what runs
+    if dirty:
+        sys.exit("ewc_lib/ or tools/ has uncommitted changes: commit before recording results")
     torch.set_num_threads(args.threads)
     command = "python tools/paper_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     figures = ["fig2a", "fig2c", "fig2b"] if args.figure == "all" else [args.figure]
