@@ -288,3 +288,145 @@ def test_penalty_step_curvature_is_recorded():
     assert len(hist.penalty_step_curvature) == 2
     assert hist.penalty_step_curvature[-1] == pytest.approx(0.1 * hist.penalty.max_curvature())
     assert train_continual(linear_net(), tasks, progress=False).penalty_step_curvature == []
+
+
+# ------------------------------------------------------------------ proximal penalty step
+def _quadratic_setup(lam, fisher_value=2.0):
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.3)
+    pen = ewc_lib.EWCPenalty(lam)
+    pen.consolidate(net, {"weight": torch.full((1, 1), fisher_value)})
+    return net, pen
+
+
+def test_proximal_step_is_the_exact_minimiser_of_the_prox_problem():
+    """u = argmin (1/2)(u - w)^2 + lr (lam/2) F (u - a)^2, checked against the closed form."""
+    lam, lr, f = 7.0, 0.05, 2.0
+    net, pen = _quadratic_setup(lam, f)
+    anchor = 0.3
+    with torch.no_grad():
+        net.weight.fill_(1.7)
+    pen.proximal_step(net, lr)
+    expected = (1.7 + lr * lam * f * anchor) / (1 + lr * lam * f)
+    assert abs(net.weight.item() - expected) < 1e-6   # float32 parameter: a few ulps
+
+
+def test_proximal_step_matches_a_gradient_step_to_second_order():
+    """For small lr the implicit and explicit steps differ by O(lr^2) (ratio of errors ~ 4)."""
+    errors = []
+    for lr in (1e-2, 5e-3):
+        net, pen = _quadratic_setup(10.0)
+        net.double()
+        pen = ewc_lib.EWCPenalty(10.0)
+        pen.consolidate(net, {"weight": torch.full((1, 1), 2.0, dtype=torch.float64)})
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        w0 = net.weight.item()
+        explicit = w0 - lr * 10.0 * 2.0 * (w0 - 0.3)
+        pen.proximal_step(net, lr)
+        errors.append(abs(net.weight.item() - explicit))
+    assert 3.5 < errors[0] / errors[1] < 4.5, errors
+
+
+def test_proximal_training_fixed_point_is_a_stationary_point_of_the_objective():
+    """Full-batch GD + proximal penalty converges to the minimiser of L_B + penalty.
+
+    L2 makes the objective strongly convex (the separable tasks alone have no minimiser).
+    """
+    tasks = two_tasks()
+    net = linear_net().double()
+    for t in tasks:
+        for attr in ("x_train", "x_test"):
+            setattr(t, attr, getattr(t, attr).double())
+    hist = train_continual(net, tasks, method="l2", lam=1.0, lr=0.5, epochs_per_task=400,
+                           batch_size=200, penalty_step="proximal", progress=False)
+    assert hist.penalty_step_curvature[0] > 0
+    net.zero_grad()
+    loss = torch.nn.functional.cross_entropy(net(tasks[1].x_train), tasks[1].y_train)
+    (loss + hist.penalty(net)).backward()
+    grad = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+    assert grad.abs().max() < 1e-10, grad  # converged GD in float64: the gradient vanishes
+
+
+def test_proximal_step_is_stable_where_the_gradient_step_diverges():
+    tasks = two_tasks()
+    kwargs = dict(method="ewc", lam=1e6, lr=1.0, epochs_per_task=3, batch_size=50, progress=False)
+    with pytest.raises(FloatingPointError):
+        train_continual(linear_net(), tasks, penalty_step="gradient", **kwargs)
+    hist = train_continual(linear_net(), tasks, penalty_step="proximal", **kwargs)
+    assert hist.penalty_step_curvature[0] > 2          # far beyond the explicit bound
+    assert np.isfinite(hist.accuracy_matrix()).all()
+
+
+def test_penalty_step_is_validated():
+    with pytest.raises(ValueError, match="penalty_step"):
+        train_continual(linear_net(), two_tasks(), penalty_step="implicit", progress=False)
+    net, pen = _quadratic_setup(1.0)
+    with pytest.raises(ValueError, match="lr"):
+        pen.proximal_step(net, -0.1)
+
+
+# ------------------------------------------------------------------ early stopping, callback
+def _with_validation(task, n_val=50):
+    return SimpleNamespace(name=task.name, x_train=task.x_train[:-n_val],
+                           y_train=task.y_train[:-n_val], x_val=task.x_train[-n_val:],
+                           y_val=task.y_train[-n_val:], x_test=task.x_test, y_test=task.y_test)
+
+
+def test_early_stopping_restores_the_best_validation_weights():
+    tasks = [_with_validation(t) for t in two_tasks()]
+    seen = []
+
+    def callback(step, model):
+        seen.append(step)
+
+    hist = train_continual(linear_net(), tasks, method="sgd", lr=0.5, epochs_per_task=60,
+                           batch_size=40, early_stopping=2, callback=callback, progress=False)
+    assert all(1 <= e <= 60 for e in hist.epochs_run)
+    assert min(hist.epochs_run) < 60          # the separable tasks saturate quickly
+    assert seen == list(range(1, len(seen) + 1))
+    assert seen[-1] == hist.task_boundaries[-1] + hist.epochs_run[-1] * 4   # 4 steps an epoch
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    """The returned weights are those of the epoch with the best validation accuracy."""
+    tasks = [_with_validation(make_task("A", [0, 1, 2, 3, 4], seed=1))]
+    best = {}
+
+    def callback(step, model):
+        if step % 4 == 0:                     # end of an epoch (150 images, batches of 40)
+            acc = evaluate_accuracy(model, tasks[0].x_val, tasks[0].y_val)
+            if acc > best.get("acc", -1):
+                best.update(acc=acc, w=params_vec(model).clone())
+
+    net = linear_net()
+    train_continual(net, tasks, method="sgd", lr=2.0, epochs_per_task=15, batch_size=40,
+                    early_stopping=3, callback=callback, progress=False, seed=3)
+    assert torch.equal(params_vec(net), best["w"])
+
+
+def test_early_stopping_needs_a_validation_split():
+    with pytest.raises(TypeError, match="x_val"):
+        train_continual(linear_net(), two_tasks(), early_stopping=3, progress=False)
+
+
+def test_callback_must_be_callable():
+    with pytest.raises(TypeError, match="callback"):
+        train_continual(linear_net(), two_tasks(), callback=3, progress=False)
+
+
+def test_hold_out_validation_splits_the_last_training_images():
+    from ewc_lib.tasks import hold_out_validation, permuted_mnist_tasks
+
+    task = permuted_mnist_tasks(1, n_train=300, n_test=20)[0]
+    t = hold_out_validation(task, 100)
+    assert torch.equal(t.x_val, task.x_train[200:]) and torch.equal(t.x_train, task.x_train[:200])
+    assert torch.equal(t.x_test, task.x_test)
+    s = hold_out_validation(task, 100, as_test=True)
+    assert torch.equal(s.x_test, task.x_train[200:]) and torch.equal(s.y_test, task.y_train[200:])
+    for bad in (0, 300, 1.5, True):
+        with pytest.raises(ValueError, match="n_val"):
+            hold_out_validation(task, bad)
+    with pytest.raises(TypeError, match="task"):
+        hold_out_validation("A", 10)

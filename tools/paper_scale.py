@@ -59,8 +59,12 @@ def _lam(figure, key):
     if figure == "fig2b":
         if key != "ewc":
             return 0.0
-        points = ex.load_results("fig2a")["search"]["points"]
-        return ex.select_lambda(points, "ewc", ex.CONFIGS["fig2a"]["lam_grid"]["ewc"])
+        while True:       # 2B takes 2A's lam: wait for that search (another job may run it)
+            try:
+                points = (ex.existing("fig2a")["search"] or {}).get("points", [])
+                return ex.select_lambda(points, "ewc", ex.CONFIGS["fig2a"]["lam_grid"]["ewc"])
+            except ValueError:
+                time.sleep(60)
     if key == "sgd":
         return 0.0
     method = "ewc" if figure == "fig2c" else key
