@@ -175,6 +175,7 @@ def record(figure: str, key: str, entry: dict, command: str) -> None:
     if dirty:
         raise RuntimeError("ewc_lib or tools has uncommitted changes: commit before recording "
                            "results")
+    entry = dict(entry, commit=commit)
     with _locked(figure):
         data = _read_or_new(figure, command)
         if key == "runs":
