@@ -55,8 +55,10 @@ from .tasks import centre_square_tasks, hold_out_validation, permuted_mnist_task
 __all__ = ["CONFIGS", "REPLAY_STEPS", "RESULTS_DIR", "load_results", "record", "replay",
            "fingerprint", "search_lambda", "run_fig2a", "run_fig2b", "run_fig2c"]
 
-#: Where the result files live (the repository's ``results/``).
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "results"
+#: Where the result files live: the repository's ``results/``, or ``$EWC_RESULTS_DIR`` (so that
+#: a clean checkout of a fixed commit can run the experiments for a working copy that is edited).
+RESULTS_DIR = pathlib.Path(os.environ.get("EWC_RESULTS_DIR")
+                           or pathlib.Path(__file__).resolve().parent.parent / "results")
 
 #: SGD steps after which a run records its checkpoint (the replay test re-runs these).
 REPLAY_STEPS = 300
