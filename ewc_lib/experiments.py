@@ -410,3 +410,45 @@ def overlap_at_init(run: dict, config: dict) -> list[float]:
           for t in tasks]
     return [o for _, o in layerwise_overlap(*fs, net)]
 
+
+
+# ------------------------------------------------------------------------- summaries
+def _stats(values) -> dict:
+    a = np.asarray(values, dtype=float)
+    return {"mean": a.mean(axis=0), "std": a.std(axis=0, ddof=1) if len(a) > 1 else 0 * a[0],
+            "min": a.min(axis=0), "max": a.max(axis=0), "n": len(a)}
+
+
+def summarize(figure: str, data: dict) -> dict:
+    """Mean, sample standard deviation, min and max over seeds of a results file's numbers.
+
+    ``fig2a``: per method, ``"R"`` (accuracy matrices) and ``"curves"`` (per task, the
+    accuracy at each evaluation step, with ``"steps"``). ``fig2b``: per method,
+    ``"average"``. ``fig2c``: per square, ``"overlap"`` and ``"overlap_at_init"``, plus
+    ``"R"``. Every entry is a dict with arrays ``mean``, ``std``, ``min``, ``max`` and the
+    number of seeds ``n``.
+    """
+    key = "square" if figure == "fig2c" else "method"
+    out = {}
+    for value in sorted({r[key] for r in data["runs"]}, key=str):
+        runs = sorted((r for r in data["runs"] if r[key] == value), key=lambda r: r["seed"])
+        s = {"seeds": [r["seed"] for r in runs], "lam": runs[0]["lam"],
+             "R": _stats([r["accuracy_matrix"] for r in runs])}
+        if figure == "fig2a":
+            s["curves"] = {}
+            for j in sorted(runs[0]["curves"], key=int):
+                steps = runs[0]["curves"][j][0]
+                if any(r["curves"][j][0] != steps for r in runs):
+                    raise ValueError(f"{figure}: evaluation steps differ between seeds")
+                s["curves"][int(j)] = dict(_stats([r["curves"][j][1] for r in runs]),
+                                           steps=np.array(steps))
+            s["boundaries"] = runs[0]["task_boundaries"]
+        elif figure == "fig2b":
+            s["average"] = _stats([r["average_accuracy"] for r in runs])
+            s["epochs_run"] = [r["epochs_run"] for r in runs]
+        else:
+            s["overlap"] = _stats([r["overlap"] for r in runs])
+            s["overlap_at_init"] = _stats([r["overlap_at_init"] for r in runs])
+            s["layers"] = runs[0]["layers"]
+        out[value] = s
+    return out
