@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .curvature import fisher_diagonal
 from .penalty import EWCPenalty, L2Penalty
 from .progress import progress_bar
 
@@ -186,7 +187,7 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
                     gamma: float = 1.0, eval_every: int | None = None,
                     eval_num_examples: int | None = None, seed: int = 0,
                     penalty_step: str = "gradient", early_stopping: int | None = None,
-                    callback=None, progress: bool = True) -> ContinualHistory:
+                    callback=None, fisher_fn=None, progress: bool = True) -> ContinualHistory:
     r"""Train ``model`` on ``tasks`` in order with plain SGD (+ L2 or EWC); return the history.
 
     Objective while training task ``t`` (minibatch ``b`` of task ``t``):
@@ -251,6 +252,11 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
         has not improved for ``k`` epochs in a row (or after ``epochs_per_task`` epochs), and
         the weights with the best validation accuracy of that task are restored. No earlier
         task's data is used.
+    fisher_fn : callable or None
+        ``fisher_fn(model, x_train, y_train) -> dict`` replaces the Fisher diagonal of EWC
+        (for example a brute-force reference in a test, or another estimator); it gets the
+        whole training set of the task that just ended, with the model in eval mode at its end
+        point. ``None``: :func:`ewc_lib.fisher_diagonal` with ``fisher_estimator``.
     callback : callable or None
         Called as ``callback(step, model)`` after every optimisation step (``step`` counts
         from 1), e.g. to record an early checkpoint. It must not change the model.
@@ -311,6 +317,9 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: expected a callable(step, model) or None, got "
                         f"{type(callback).__name__}")
+    if fisher_fn is not None and not callable(fisher_fn):
+        raise TypeError(f"fisher_fn: expected a callable(model, x, y) or None, got "
+                        f"{type(fisher_fn).__name__}")
     # Validates penalty_mode, gamma (and lam) once, before any training happens.
     if method == "l2":
         penalty = L2Penalty(lam, mode=penalty_mode, gamma=gamma)
@@ -321,7 +330,6 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: it has no trainable parameters")
-    dtype = params[0].dtype
 
     n_train = [t.x_train.shape[0] for t in tasks]
     steps_per_task = [epochs_per_task * math.ceil(n / batch_size) for n in n_train]
@@ -331,97 +339,129 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
                   fisher_batch_size=fisher_batch_size if fisher_batch_size else batch_size,
                   penalty_mode=penalty_mode, gamma=float(gamma), eval_every=eval_every,
                   eval_num_examples=eval_num_examples, seed=seed, penalty_step=penalty_step,
-                  early_stopping=early_stopping, task_names=task_names,
-                  num_params=sum(p.numel() for p in params), steps_per_task=steps_per_task)
-    eval_sets = []
-    for task in tasks:
-        n = task.x_test.shape[0] if eval_num_examples is None else min(eval_num_examples,
-                                                                       task.x_test.shape[0])
-        eval_sets.append((task.x_test[:n].to(dtype), task.y_test[:n]))
+                  early_stopping=early_stopping, fisher_fn=getattr(fisher_fn, "__name__", None),
+                  task_names=task_names, num_params=sum(p.numel() for p in params),
+                  steps_per_task=steps_per_task)
+    if fisher_fn is None:
+        fisher_gen = torch.Generator().manual_seed(seed + 1)
 
-    records: list[dict] = []
-    boundaries: list[int] = []
-    epochs_run: list[int] = []
-    step_curvature: list[float] = []
-    optimizer = torch.optim.SGD(params, lr=float(lr))
-    batch_gen = torch.Generator().manual_seed(seed)
-    fisher_gen = torch.Generator().manual_seed(seed + 1)
+        def fisher_fn(model, x, y):
+            return _fisher(model, x, y, fisher_estimator, fisher_num_examples,
+                           fisher_batch_size or batch_size, fisher_gen)
 
-    def evaluate(step, epoch, trained_task, end_of_task):
-        for j, (xe, ye) in enumerate(eval_sets):
-            records.append(dict(step=step, epoch=epoch, trained_task=trained_task, eval_task=j,
-                                accuracy=evaluate_accuracy(model, xe, ye),
-                                end_of_task=end_of_task))
+    run = _Run(model=model, tasks=tasks, penalty=penalty, params=params, config=config,
+               fisher_fn=fisher_fn, callback=callback, progress=progress)
+    return run.train()
 
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    step = 0
-    bar = progress_bar(total=sum(steps_per_task), desc=f"{method} ({len(tasks)} tasks)",
-                       disable=not progress, leave=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if eval_every is not None:
-            evaluate(0, 0, 0, False)
-        for t, task in enumerate(tasks):
-            boundaries.append(step)
-            x, y = task.x_train.to(dtype), task.y_train
-            best = None  # (validation accuracy, epoch, state) with early stopping
-            for epoch in range(epochs_per_task):
-                order = torch.randperm(x.shape[0], generator=batch_gen)
-                for start in range(0, x.shape[0], batch_size):
-                    idx = order[start:start + batch_size]
-                    model.train()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                    penalised = penalty is not None and penalty.num_tasks > 0
-                    if penalised and penalty_step == "gradient":
-                        loss = loss + penalty(model)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"loss became {float(loss.detach())} at step {step} (task {t}); lower lr or lam")
-                    loss.backward()
-                    optimizer.step()
-                    if penalised and penalty_step == "proximal":
-                        penalty.proximal_step(model, lr)
-                    step += 1
-                    bar.update(1)
-                    if callback is not None:
-                        callback(step, model)
-                    last_step_of_task = (epoch == epochs_per_task - 1
-                                         and start + batch_size >= x.shape[0])
-                    if eval_every is not None and step % eval_every == 0 and not last_step_of_task:
-                        evaluate(step, epoch, t, False)
-                if early_stopping is not None:
-                    acc = evaluate_accuracy(model, task.x_val.to(dtype), task.y_val)
-                    if best is None or acc > best[0]:
-                        best = (acc, epoch, copy.deepcopy(model.state_dict()))
-                    elif epoch - best[1] >= early_stopping:
-                        break
-            if best is not None:
-                model.load_state_dict(best[2])
-                bar.update(steps_per_task[t] - (step - boundaries[t]))
-            epochs_run.append(epoch + 1)
-            evaluate(step, epoch, t, True)
-            if penalty is not None and t < len(tasks) - 1:
-                if method == "ewc":
-                    fisher = _fisher(model, x, y, fisher_estimator, fisher_num_examples,
-                                     fisher_batch_size or batch_size, fisher_gen)
-                    penalty.consolidate(model, fisher)
-                else:
-                    penalty.consolidate(model)
-                step_curvature.append(float(lr) * penalty.max_curvature())
-    bar.close()
-    model.eval()
-    return ContinualHistory(method=method, config=config, task_names=task_names, records=records,
-                            task_boundaries=boundaries, penalty=penalty,
-                            penalty_step_curvature=step_curvature, epochs_run=epochs_run,
-                            cpu_seconds=time.process_time() - cpu0,
-                            wall_seconds=time.perf_counter() - wall0)
+
+class _Run:
+    """The state of one :func:`train_continual` call (arguments already checked)."""
+
+    def __init__(self, *, model, tasks, penalty, params, config, fisher_fn, callback, progress):
+        self.model, self.tasks, self.penalty, self.config = model, tasks, penalty, config
+        self.fisher_fn, self.callback, self.progress = fisher_fn, callback, progress
+        self.dtype = params[0].dtype
+        self.optimizer = torch.optim.SGD(params, lr=config["lr"])
+        self.batch_gen = torch.Generator().manual_seed(config["seed"])
+        n_eval = config["eval_num_examples"]
+        self.eval_sets = [(t.x_test[:n_eval].to(self.dtype), t.y_test[:n_eval]) for t in tasks]
+        self.records: list[dict] = []
+        self.boundaries: list[int] = []
+        self.epochs_run: list[int] = []
+        self.step_curvature: list[float] = []
+        self.step = 0
+
+    def evaluate(self, epoch, trained_task, end_of_task):
+        """Test accuracy of every task now (one record per task)."""
+        for j, (xe, ye) in enumerate(self.eval_sets):
+            self.records.append(dict(step=self.step, epoch=epoch, trained_task=trained_task,
+                                     eval_task=j, accuracy=evaluate_accuracy(self.model, xe, ye),
+                                     end_of_task=end_of_task))
+
+    def sgd_step(self, x, y, t):
+        """One minibatch step on the task loss (+ the penalty, as a gradient or proximally)."""
+        model, penalty, cfg = self.model, self.penalty, self.config
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        penalised = penalty is not None and penalty.num_tasks > 0
+        if penalised and cfg["penalty_step"] == "gradient":
+            loss = loss + penalty(model)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {float(loss.detach())} at step {self.step} "
+                                     f"(task {t}); lower lr or lam")
+        loss.backward()
+        self.optimizer.step()
+        if penalised and cfg["penalty_step"] == "proximal":
+            penalty.proximal_step(model, cfg["lr"])
+        self.step += 1
+        if self.callback is not None:
+            self.callback(self.step, model)
+
+    def train_task(self, t, task, bar):
+        """Train task ``t`` for its epochs (or until early stopping); evaluate at the end."""
+        cfg = self.config
+        epochs, batch, eval_every = cfg["epochs_per_task"], cfg["batch_size"], cfg["eval_every"]
+        self.boundaries.append(self.step)
+        x, y = task.x_train.to(self.dtype), task.y_train
+        best = None  # (validation accuracy, epoch, state) with early stopping
+        for epoch in range(epochs):
+            order = torch.randperm(x.shape[0], generator=self.batch_gen)
+            for start in range(0, x.shape[0], batch):
+                idx = order[start:start + batch]
+                self.sgd_step(x[idx], y[idx], t)
+                bar.update(1)
+                last_step_of_task = epoch == epochs - 1 and start + batch >= x.shape[0]
+                if eval_every is not None and self.step % eval_every == 0 and not last_step_of_task:
+                    self.evaluate(epoch, t, False)
+            if cfg["early_stopping"] is not None:
+                acc = evaluate_accuracy(self.model, task.x_val.to(self.dtype), task.y_val)
+                if best is None or acc > best[0]:
+                    best = (acc, epoch, copy.deepcopy(self.model.state_dict()))
+                elif epoch - best[1] >= cfg["early_stopping"]:
+                    break
+        if best is not None:
+            self.model.load_state_dict(best[2])
+            bar.update(cfg["steps_per_task"][t] - (self.step - self.boundaries[t]))
+        self.epochs_run.append(epoch + 1)
+        self.evaluate(epoch, t, True)
+
+    def consolidate(self, task):
+        """Anchor the penalty at the current parameters (EWC: with the task's Fisher)."""
+        if self.config["method"] == "ewc":
+            self.model.eval()
+            fisher = self.fisher_fn(self.model, task.x_train.to(self.dtype), task.y_train)
+            self.penalty.consolidate(self.model, fisher)
+        else:
+            self.penalty.consolidate(self.model)
+        self.step_curvature.append(self.config["lr"] * self.penalty.max_curvature())
+
+    def train(self) -> ContinualHistory:
+        cfg = self.config
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        bar = progress_bar(total=sum(cfg["steps_per_task"]),
+                           desc=f"{cfg['method']} ({len(self.tasks)} tasks)",
+                           disable=not self.progress, leave=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg["seed"])
+            if cfg["eval_every"] is not None:
+                self.evaluate(0, 0, False)
+            for t, task in enumerate(self.tasks):
+                self.train_task(t, task, bar)
+                if self.penalty is not None and t < len(self.tasks) - 1:
+                    self.consolidate(task)
+        bar.close()
+        self.model.eval()
+        return ContinualHistory(method=cfg["method"], config=cfg, task_names=cfg["task_names"],
+                                records=self.records, task_boundaries=self.boundaries,
+                                penalty=self.penalty, penalty_step_curvature=self.step_curvature,
+                                epochs_run=self.epochs_run,
+                                cpu_seconds=time.process_time() - cpu0,
+                                wall_seconds=time.perf_counter() - wall0)
 
 
 def _fisher(model, x, y, estimator, num_examples, batch_size, generator):
     """Mean diagonal Fisher of the categorical likelihood at the current parameters."""
-    from . import curvature  # looked up at call time (tests may substitute a reference)
-
     n = x.shape[0] if num_examples is None else min(num_examples, x.shape[0])
     kwargs = dict(likelihood="categorical", estimator=estimator)
     if estimator in ("empirical", "batched_empirical"):
@@ -431,4 +471,4 @@ def _fisher(model, x, y, estimator, num_examples, batch_size, generator):
     if estimator == "mc":
         kwargs["generator"] = generator
     model.eval()
-    return curvature.fisher_diagonal(model, x[:n], **kwargs)
+    return fisher_diagonal(model, x[:n], **kwargs)

@@ -10,36 +10,7 @@ import torch
 
 import ewc_lib
 from ewc_lib.continual import ContinualHistory, evaluate_accuracy, train_continual
-
-HAVE_CURVATURE = hasattr(ewc_lib.curvature, "fisher_diagonal")
-
-
-def _reference_fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact",
-                               targets=None, num_samples=1, batch_size=None, generator=None,
-                               sigma2=1.0):
-    """Brute-force exact categorical Fisher diagonal (mean over inputs), loops only."""
-    assert likelihood == "categorical" and estimator == "exact"
-    params = [p for p in model.parameters()]
-    names = [n for n, _ in model.named_parameters()]
-    out = [torch.zeros_like(p) for p in params]
-    for x in inputs:
-        logp = torch.log_softmax(model(x[None])[0], -1)
-        probs = logp.exp().detach()
-        for c in range(logp.shape[0]):
-            grads = torch.autograd.grad(logp[c], params, retain_graph=True)
-            for o, g in zip(out, grads):
-                o += probs[c] * g ** 2
-    return {n: o / inputs.shape[0] for n, o in zip(names, out)}
-
-
-@pytest.fixture(autouse=True)
-def fisher_fallback(monkeypatch):
-    """Until ewc_lib.curvature.fisher_diagonal lands, use a loop reference in these tests."""
-    if not HAVE_CURVATURE:
-        monkeypatch.setattr(ewc_lib.curvature, "fisher_diagonal", _reference_fisher_diagonal,
-                            raising=False)
-    yield
-
+from ewc_lib.reference import fisher_diagonal_loop
 
 def make_task(name, dims, *, n=200, n_test=100, d=10, seed=0):
     """Binary task whose inputs are nonzero only in ``dims``; label = sign of the first one."""
@@ -191,7 +162,6 @@ def test_penalty_mode_online_runs_and_matches_separate_for_two_tasks():
     assert hists[1].penalty.mode == "online"
 
 
-@pytest.mark.skipif(not HAVE_CURVATURE, reason="ewc_lib.curvature.fisher_diagonal not yet there")
 @pytest.mark.parametrize("estimator", ["exact", "mc", "empirical", "batched_empirical"])
 def test_every_fisher_estimator_runs(estimator):
     tasks = two_tasks()
@@ -214,7 +184,7 @@ def test_fisher_used_is_the_mean_fisher_at_the_end_of_a():
     with torch.no_grad():
         for n, p in ref_net.named_parameters():
             p.copy_(anchor[n])
-    expected = _reference_fisher_diagonal(ref_net, tasks[0].x_train[:40].double())
+    expected = fisher_diagonal_loop(ref_net, tasks[0].x_train[:40].double())
     for n, f in hist.penalty.fishers[0].items():
         # float64, a few hundred products: round-off only
         torch.testing.assert_close(f, expected[n], rtol=1e-9, atol=1e-12)
@@ -430,3 +400,21 @@ def test_hold_out_validation_splits_the_last_training_images():
             hold_out_validation(task, bad)
     with pytest.raises(TypeError, match="task"):
         hold_out_validation("A", 10)
+
+
+def test_fisher_fn_replaces_the_estimator():
+    """A brute-force reference passed as fisher_fn is what the penalty stores."""
+    tasks = two_tasks()
+    calls = []
+
+    def reference(model, x, y):
+        calls.append((model.training, x.shape[0]))
+        return fisher_diagonal_loop(model, x[:30])
+
+    net = ewc_lib.mlp([10, 8, 2], seed=0, dtype=torch.float64)
+    hist = train_continual(net, [tasks[0], tasks[0]], method="ewc", lam=0.0, lr=0.1,
+                           batch_size=50, fisher_fn=reference, progress=False)
+    assert calls == [(False, tasks[0].x_train.shape[0])]   # eval mode, the whole training set
+    assert hist.config["fisher_fn"] == "reference"
+    with pytest.raises(TypeError, match="fisher_fn"):
+        train_continual(net, tasks, method="ewc", lam=1.0, fisher_fn="exact", progress=False)
