@@ -186,8 +186,11 @@ def record(figure: str, key: str, entry: dict, command: str) -> None:
         elif key == "search":
             data["search"] = data["search"] or {"points": []}
             data["search"]["points"].append(entry)
+        elif key == "extra_runs":
+            data.setdefault("extra_runs", []).append(entry)
+            data["extra_runs"].sort(key=lambda r: (r["role"], r["seed"]))
         else:
-            raise ValueError(f"key: expected 'runs' or 'search', got {key!r}")
+            raise ValueError(f"key: expected 'runs', 'search' or 'extra_runs', got {key!r}")
         prov = data["provenance"]
         prov.update(command=command, commit=commit,
                     finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -419,19 +422,21 @@ def _stats(values) -> dict:
             "min": a.min(axis=0), "max": a.max(axis=0), "n": len(a)}
 
 
-def summarize(figure: str, data: dict) -> dict:
+def summarize(figure: str, data: dict, key: str = "runs") -> dict:
     """Mean, sample standard deviation, min and max over seeds of a results file's numbers.
 
     ``fig2a``: per method, ``"R"`` (accuracy matrices) and ``"curves"`` (per task, the
     accuracy at each evaluation step, with ``"steps"``). ``fig2b``: per method,
-    ``"average"``. ``fig2c``: per square, ``"overlap"`` and ``"overlap_at_init"``, plus
+    ``"average"``. ``key="extra_runs"`` summarises the extra runs instead (Figure 2A: L2 at
+    the ``lam`` that protects task A as well as EWC, :func:`l2_matching_ewc`). ``fig2c``: per square, ``"overlap"`` and ``"overlap_at_init"``, plus
     ``"R"``. Every entry is a dict with arrays ``mean``, ``std``, ``min``, ``max`` and the
     number of seeds ``n``.
     """
+    runs_all = data.get(key) or []
     key = "square" if figure == "fig2c" else "method"
     out = {}
-    for value in sorted({r[key] for r in data["runs"]}, key=str):
-        runs = sorted((r for r in data["runs"] if r[key] == value), key=lambda r: r["seed"])
+    for value in sorted({r[key] for r in runs_all}, key=str):
+        runs = sorted((r for r in runs_all if r[key] == value), key=lambda r: r["seed"])
         s = {"seeds": [r["seed"] for r in runs], "lam": runs[0]["lam"],
              "R": _stats([r["accuracy_matrix"] for r in runs])}
         if figure == "fig2a":

@@ -72,6 +72,9 @@ def test_lambda_is_the_searched_one(recorded):
         else:
             expected = ex.select_lambda(points, method, grid[method])
             assert r["lam"] == expected, (figure, method, r["lam"], expected)
+    for r in data.get("extra_runs") or []:
+        assert r["role"] == "l2_protects_A" and r["method"] == "l2"
+        assert r["lam"] == ex.l2_matching_ewc(points), (r["lam"], ex.l2_matching_ewc(points))
 
 
 def _replay_target(figure, data):

@@ -51,6 +51,12 @@ def _jobs(figure, seeds):
                 if figure == "fig2b":
                     epochs = epochs // 3      # early stopping: rough guess for the ETA
                 jobs.append(("run", (seed, key), epochs))
+    if figure == "fig2a":   # last: L2 as strong as it must be to protect A as well as EWC
+        done_extra = {(r["seed"], r["role"]) for r in data.get("extra_runs") or []}
+        for seed in seeds:
+            if (seed, "l2_protects_A") not in done_extra:
+                jobs.append(("extra", (seed, "l2_protects_A"),
+                             cfg["tasks"] * cfg["epochs_per_task"]))
     return jobs
 
 
@@ -98,7 +104,7 @@ def main(argv=None):
                 bar.set_description(f"{figure} search {method} lam={lam:g}")
                 entry = ex.search_lambda(figure, method, lam)
                 ex.record(figure, "search", entry, command)
-            else:
+            elif kind == "run":
                 seed, key = job
                 bar.set_description(f"{figure} seed {seed} {key}")
                 if figure == "fig2c":
@@ -108,6 +114,16 @@ def main(argv=None):
                 else:
                     entry = ex.run_fig2b(seed, key, _lam(figure, key))
                 ex.record(figure, "runs", entry, command)
+            elif kind == "extra":
+                seed, role = job
+                bar.set_description(f"{figure} seed {seed} {role}")
+                search = ex.existing(figure)["search"]["points"]
+                lam = ex.l2_matching_ewc(search)
+                if lam is None:
+                    bar.write(f"{figure}: no L2 lam of the grid protects A as well as EWC")
+                    continue
+                entry = dict(ex.run_fig2a(seed, "l2", lam), role=role)
+                ex.record(figure, "extra_runs", entry, command)
             bar.update(round(epochs * EPOCH_SECONDS[figure]))
             bar.write(f"{figure} {kind} {job}: done in {time.time() - start:.0f} s")
         bar.close()
