@@ -4,12 +4,16 @@ Every page of the book (one test per page of ``_toc.yml``, plus the remaining HT
 such as the ``index.html`` redirect) is opened from ``file://`` with every request that
 leaves the build folder refused; see ``tests/browser_check.py`` for what is checked (math
 typeset, no MathJax error, no raw TeX, images loaded, no JavaScript or console error, no
-request outside the build folder).
+request outside the build folder; and the layout at 1280 px and 390 px: no displayed
+equation or code line wider than its box on a desktop, no page that scrolls sideways on a
+phone, long equations scroll inside a visibly scrollable box, nothing else cut off).
 
 The checker is shown to FAIL when it should, on tiny throwaway books built in a temporary
 folder: the stock Jupyter Book configuration (MathJax from a CDN, sphinx-thebe) and copies of
-a good page with a broken image, a remote image, a script error, a console error and a TeX
-error injected.
+a good page with a broken image, a remote image, a script error, a console error, a TeX
+error, and layout faults (a code line or an equation wider than its box at 1280 px, a box
+that makes a phone page scroll sideways, an equation or inline formula cut off on a phone)
+injected.
 """
 
 from __future__ import annotations
@@ -114,7 +118,17 @@ $$
 \theta^\top F \theta
 $$ (eq-tiny)
 
-cited as {eq}`eq-tiny`.
+cited as {eq}`eq-tiny`. A formula as long as equation (2) of the paper fits a desktop column
+but not a phone, inline, $\log p(\theta \mid D_A, D_B) = \log p(D_B \mid \theta) + \log p(\theta \mid D_A) - \log p(D_B \mid D_A)$,
+and displayed:
+
+$$
+\log p(\theta \mid D_A, D_B) = \log p(D_B \mid \theta) + \log p(\theta \mid D_A) - \log p(D_B \mid D_A)
+$$ (eq-tiny-long)
+
+```python
+print("a code line much longer than a phone is wide, and longer than the desktop column too, " * 2)
+```
 
 ![a small plot](plot.png)
 
@@ -150,6 +164,8 @@ def _tiny_book(folder: pathlib.Path, config_text: str) -> pathlib.Path:
     (folder / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
     (folder / "intro.md").write_text(TINY_PAGE)
     shutil.copy(ROOT / "references.bib", folder / "references.bib")
+    if (ROOT / "_static").is_dir():  # the repository's CSS (picked up by Jupyter Book)
+        shutil.copytree(ROOT / "_static", folder / "_static")
     fig = plt.figure(figsize=(1.5, 1.0))
     plt.plot([0, 1], [0, 1])
     fig.savefig(folder / "plot.png")
@@ -187,6 +203,9 @@ def test_checker_passes_on_repo_config(tiny_repo_config_html, chromium):
     _assert_ok(report)
     assert report.mjx_containers >= 3 and report.images >= 1
     assert report.mathjax == "typeset"
+    # the long equation scrolls (visibly) on a phone; the long code line wraps at both widths
+    assert report.equations == 2 and report.code_blocks >= 1
+    assert report.layout["390 px"]["equations scrolling"] == 1, report.summary()
 
 
 def _broken_copy(html: pathlib.Path, tmp: pathlib.Path) -> pathlib.Path:
@@ -214,6 +233,17 @@ def test_checker_fails_on_broken_image(tiny_repo_config_html, tmp_path, chromium
     ('<img src="_images/does_not_exist.png">', "broken image"),
     (r'<span class="math notranslate nohighlight">\(\frac{1}\)</span>', "mjx-merror"),
     ('<p>left over $$x$$ text</p>', "raw TeX delimiter $$"),
+    # layout: what a reader would see cut off, at desktop width and on a phone
+    ('<pre style="white-space: pre">x = 1  # ' + "a long comment " * 12 + '</pre>',
+     "code line wider than its block at 1280 px"),
+    (r'<div class="math notranslate nohighlight">\[' + " + ".join(f"a_{{{i}}} b_{{{i}}}" for i in range(40))
+     + r'\]</div>', "equation wider than its box at 1280 px"),
+    ('<div style="width: 1400px">a box wider than the column</div>', "cut off at 1280 px"),
+    ('<div style="width: 600px">a box that fits a desktop column, not a phone</div>',
+     "page scrolls sideways at 390 px"),
+    ('<style>div.math mjx-container { background: none !important; }</style>',
+     "equation not visibly scrollable at 390 px"),
+    ('<style>span.math { overflow: hidden !important; }</style>', "cut off at 390 px"),
 ])
 def test_checker_fails_on_injected_fault(tiny_repo_config_html, tmp_path, chromium, injected,
                                          expected):
