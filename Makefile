@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JB := $(BIN)/jupyter-book
 
-.PHONY: book test install bench lab clean clean-all unit paper-scale
+.PHONY: book test install bench lab clean clean-all unit paper-scale paper-scale-notebooks
 
 $(STAMP): requirements.txt requirements-bench.txt pyproject.toml tools/jupyterlab-overrides.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,9 +37,15 @@ bench: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
-# The experiment notebooks with the paper's settings (Table S1), no time limit; executed
-# copies land in _build/paper-scale/*.ipynb. One notebook: make paper-scale NB=notebooks/X.md
+# The recorded experiments at the paper's settings (Table S1): Figures 2A, 2C, 2B, seeds 0-2,
+# written to results/*.json as each run finishes (resumable; hours of CPU). See
+# notebooks/paper_scale_runs.md. One figure: .venv/bin/python tools/paper_scale.py fig2a --seeds 0
 paper-scale: $(STAMP)
+	$(BIN)/python tools/paper_scale.py all
+
+# The notebooks that still have an EWC_PAPER_SCALE=1 switch, executed with it and no time
+# limit; executed copies land in _build/paper-scale/*.ipynb. One: make paper-scale-notebooks NB=...
+paper-scale-notebooks: $(STAMP)
 	$(BIN)/python tools/run_paper_scale.py $(NB)
 
 clean:

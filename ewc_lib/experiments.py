@@ -52,7 +52,8 @@ from .models import mlp
 from .overlap import layerwise_overlap
 from .tasks import centre_square_tasks, hold_out_validation, permuted_mnist_tasks
 
-__all__ = ["CONFIGS", "REPLAY_STEPS", "RESULTS_DIR", "load_results", "record", "replay",
+__all__ = ["CONFIGS", "REPLAY_STEPS", "RESULTS_DIR", "load_results", "recorded", "planned_runs",
+           "record", "replay",
            "fingerprint", "search_lambda", "run_fig2a", "run_fig2b", "run_fig2c"]
 
 #: Where the result files live: the repository's ``results/``, or ``$EWC_RESULTS_DIR`` (so that
@@ -124,6 +125,23 @@ def load_results(figure: str, path=None) -> dict:
         if "checkpoint" not in run or "seed" not in run:
             raise ValueError(f"{path}: a run lacks 'seed' or 'checkpoint': {sorted(run)}")
     return data
+
+
+def recorded(figure: str) -> dict:
+    """``load_results(figure)``, or an empty record (no search, no runs) if there is no file.
+
+    The pages use it so that they build while a long job is still filling the files; what is
+    missing is said on the page (``len(data["runs"])`` against :func:`planned_runs`).
+    """
+    try:
+        return load_results(figure)
+    except FileNotFoundError:
+        return _empty(figure, "")
+
+
+def planned_runs(figure: str, seeds=(0, 1, 2)) -> int:
+    """How many runs ``make paper-scale`` records for ``figure`` (three per seed)."""
+    return 3 * len(seeds) if figure != "fig2c" else len(CONFIGS[figure]["squares"]) * len(seeds)
 
 
 def _empty(figure: str, command: str) -> dict:
