@@ -30,9 +30,9 @@ the same page resized):
 * ``cut off``: any other element of the article that sticks out of the box that clips it
   (1280 px: out of the article column; 390 px: out of the window);
 * ``page scrolls sideways`` (390 px): the document is wider than the window;
-* ``equation not visibly scrollable`` (390 px): a displayed equation wider than the column
-  whose box is not a scroll box with a visible cue (a scrollbar that takes room, or the
-  scroll-shadow background of ``_static/ewc-reading.css``).
+* ``equation not visibly scrollable`` (390 px): a displayed equation (or an inline formula)
+  wider than the column whose box is not a scroll box with a visible cue (a scrollbar that takes room, or the
+  scroll shadow that ``_static/ewc-reading.js`` switches on).
 
 Playwright never downloads a browser here: it drives ``/usr/bin/chromium`` (override with
 ``$EWC_CHROMIUM``), installed by ``tests/ensure_browser.sh``.
@@ -114,6 +114,9 @@ _INSPECT = r"""
 }
 """
 
+_NEXT_FRAMES = """() => new Promise((done) =>
+    requestAnimationFrame(() => requestAnimationFrame(() => done(true))))"""
+
 # Layout measurement, run at each width (argument "desktop" or "phone"). Returns counts and
 # one line per offending element.
 _LAYOUT = r"""
@@ -130,13 +133,15 @@ _LAYOUT = r"""
   };
   const scrolls = (cs) => cs.overflowX === "auto" || cs.overflowX === "scroll";
   // A scroll box is "visibly scrollable" when a scrollbar takes room in it (classic
-  // scrollbar, or a styled ::-webkit-scrollbar) or when it paints a scroll-shadow
-  // background (a gradient attached with background-attachment: local).
+  // scrollbar, or a styled ::-webkit-scrollbar) or when it draws a scroll shadow: an inset
+  // box-shadow (what _static/ewc-reading.js switches on), or a gradient background attached
+  // with background-attachment: local.
   const visiblyScrollable = (el) => {
     const cs = getComputedStyle(el);
     if (!scrolls(cs)) return false;
     const borders = parseFloat(cs.borderTopWidth) + parseFloat(cs.borderBottomWidth);
     if (el.offsetHeight - el.clientHeight - borders > 0.5) return true;
+    if (cs.boxShadow.includes("inset")) return true;
     return cs.backgroundImage.includes("gradient") && cs.backgroundAttachment.includes("local");
   };
   const out = {mode: mode, viewport: vw, equations: 0, code: 0,
@@ -151,6 +156,13 @@ _LAYOUT = r"""
       const item = snippet(c) + ` (${Math.round(c.scrollWidth)} px in ${Math.round(c.clientWidth)} px)`;
       out.eqOverflow.push(item);
       if (!visiblyScrollable(c)) out.eqUnscrollable.push(item);
+    }
+  }
+  //    inline formulas (span.math) may scroll inside the line, visibly, where they do not fit
+  for (const m of article.querySelectorAll("span.math")) {
+    if (m.scrollWidth - m.clientWidth > TOL && !visiblyScrollable(m)) {
+      out.eqUnscrollable.push("inline formula " + snippet(m) +
+          ` (${Math.round(m.scrollWidth)} px in ${Math.round(m.clientWidth)} px)`);
     }
   }
   // 2. code blocks: no line longer than its block
@@ -381,8 +393,10 @@ class BrowserChecker:
     def _check_layout(page, report: PageReport) -> None:
         """Measure the page at desktop width, then resize it to a phone and measure again."""
         page.set_viewport_size(DESKTOP)
+        page.evaluate(_NEXT_FRAMES)
         desk = page.evaluate(_LAYOUT, "desktop")
         page.set_viewport_size(PHONE)
+        page.evaluate(_NEXT_FRAMES)  # resize observers run before the next frame is drawn
         phone = page.evaluate(_LAYOUT, "phone")
         page.set_viewport_size(DESKTOP)
         w, n = DESKTOP["width"], PHONE["width"]

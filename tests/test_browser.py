@@ -241,9 +241,11 @@ def test_checker_fails_on_broken_image(tiny_repo_config_html, tmp_path, chromium
     ('<div style="width: 1400px">a box wider than the column</div>', "cut off at 1280 px"),
     ('<div style="width: 600px">a box that fits a desktop column, not a phone</div>',
      "page scrolls sideways at 390 px"),
-    ('<style>div.math mjx-container { background: none !important; }</style>',
+    ('<style>div.math mjx-container { box-shadow: none !important; }</style>',
      "equation not visibly scrollable at 390 px"),
     ('<style>span.math { overflow: hidden !important; }</style>', "cut off at 390 px"),
+    ('<style>span.math { box-shadow: none !important; }</style>',
+     "equation not visibly scrollable at 390 px: inline formula"),
 ])
 def test_checker_fails_on_injected_fault(tiny_repo_config_html, tmp_path, chromium, injected,
                                          expected):
