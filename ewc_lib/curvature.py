@@ -33,6 +33,7 @@ The public functions
 ``hessian``                 Hessian of the mean NLL of the observed targets
 ``ggn``                     ``(1/N) sum_n J_n^T Lambda_n J_n`` (generalised Gauss-Newton)
 ``sample_targets``          the labels ``estimator="mc"`` draws (same generator, same draws)
+``fisher_path``             which code path ``fisher_diagonal`` takes for a model, and why
 ``flatten_params``          dict of per-parameter tensors -> one vector (P,)
 ``unflatten_params``        one vector (P,) -> dict of per-parameter tensors
 =========================  =================================================================
@@ -43,6 +44,12 @@ Dense matrices flatten the *trainable* parameters (``requires_grad=True``) in th
 Every function evaluates the model in **eval mode** (dropout off, batch norm with its running
 statistics) and leaves the model as it found it: the train/eval flag of every submodule and
 the ``requires_grad`` flag of every parameter are restored, also when the call raises.
+Parameters the outputs do not depend on get zeros. Calls work under ``torch.no_grad()`` and
+``torch.inference_mode()``, and with inputs or targets created there.
+
+No silent wrong numbers: bad arguments raise ``TypeError``/``ValueError`` naming the argument
+(integers and floats may be Python, numpy or 0-d tensor scalars); non-finite inputs,
+parameters or model outputs, and results that overflow, raise ``ValueError``.
 
 How it is computed
 ------------------
@@ -55,8 +62,10 @@ All Fisher estimators share one structure. For each example there are ``K`` vect
   ``c`` is ``sqrt(p_c) (e_c - p)``, the score of class ``c`` weighted by ``sqrt(p_c)`` (so the
   class sum of the Fisher's definition *is* the GGN); the fast path below uses instead the
   ``C - 1`` columns of the closed-form Cholesky factor of ``diag(p) - p p^T`` (same product,
-  one column fewer). Gaussian: ``e_d / sqrt(sigma2)``; Bernoulli: ``sqrt(s (1 - s))`` with
-  ``s = sigmoid(f)``;
+  one column fewer; classes ordered with the most probable one last, which keeps it finite
+  and accurate for tiny, subnormal and zero probabilities). Gaussian: ``e_d / sqrt(sigma2)``;
+  Bernoulli: ``sqrt(s (1 - s))`` with ``s = sigmoid(f)``. Every ``1 - p`` is formed as a sum
+  of the other probabilities (``sigmoid(-f)`` for Bernoulli), never by subtraction;
 * mc: ``(e_yhat - p) / sqrt(S)`` for ``S = num_samples`` labels ``yhat`` drawn from the model;
 * empirical: the output-space score of the observed target, e.g. ``e_y - p``;
 * batched_empirical does not fit this pattern: one ordinary backward pass per minibatch.
@@ -67,19 +76,23 @@ LeakyReLU, Tanh, Sigmoid, Identity, Flatten, Dropout) the diagonal takes a fast 
 per-example gradient of a Linear weight is the outer product ``delta a^T`` of the
 backpropagated output gradient and the layer input, the sum over examples and ``k`` of its
 square is the single matrix product ``(sum_k delta^2)^T (a^2)`` (Linear layers must see
-2-D inputs ``(n, features)``; otherwise the generic path is used). Every other model takes a
+2-D inputs ``(n, features)``; otherwise the generic path is used). This needs every
+parameter to be used once: a repeated module or tied weights would give ``g1^2 + g2^2``
+instead of ``(g1 + g2)^2``, so such models take the generic path. Every other model takes a
 generic ``torch.func`` path (``vmap`` over examples of ``vjp``). Both paths give the same
-numbers (tested); ``_fast_plan(model)`` tells which one a model takes.
+numbers (tested); :func:`fisher_path` tells which one a model takes, and why.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, vjp, vmap
+from torch.func import vjp, vmap
 
 __all__ = [
     "LIKELIHOODS",
@@ -90,6 +103,7 @@ __all__ = [
     "hessian",
     "ggn",
     "sample_targets",
+    "fisher_path",
     "flatten_params",
     "unflatten_params",
 ]
@@ -151,17 +165,25 @@ def _trainable(model):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("model: expected at least one parameter with requires_grad=True, found none")
+    for n, p in named:
+        if p.is_inference():
+            raise ValueError(f"model: parameter {n!r} was created under torch.inference_mode() and cannot be "
+                             f"differentiated; build the model outside inference mode (or load its state_dict "
+                             f"into one built outside)")
     return named
 
 
 @contextmanager
 def _eval_mode(model):
-    """Put every submodule in eval mode; restore modes and requires_grad flags afterwards."""
+    """Put every submodule in eval mode; restore modes and requires_grad flags afterwards.
+
+    Autograd is switched on, also inside ``torch.no_grad()`` or ``torch.inference_mode()``.
+    """
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         model.eval()
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             yield
     finally:
         for m, mode in modes:
@@ -175,14 +197,70 @@ def _check_choice(name, value, choices):
         raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
 
 
+def _plain_number(value):
+    """numpy scalars, 0-d numpy arrays and 0-d tensors -> the Python number they hold; else ``value``."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _describe(value):
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"
+
+
 def _check_positive_int(name, value, allow_none=False):
+    """An int >= 1 (Python, numpy or 0-d integer tensor), returned as a Python int."""
     if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected a positive int{' or None' if allow_none else ''}, "
-                        f"got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+        return None
+    number = _plain_number(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive int{' or None' if allow_none else ''} (Python, numpy or "
+                        f"a 0-d integer tensor), got {_describe(value)}")
+    if number < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {number}")
+    return int(number)
+
+
+def _check_positive_float(name, value):
+    """A finite real number > 0 (Python, numpy or 0-d real tensor), returned as a Python float."""
+    number = _plain_number(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise TypeError(f"{name}: expected a finite real number > 0 (Python, numpy or a 0-d tensor), got "
+                        f"{_describe(value)}")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name}: expected a finite float > 0, got {number!r}")
+    return float(number)
+
+
+def _usable(t):
+    """A tensor created under ``torch.inference_mode()`` cannot be saved for backward: copy it."""
+    if isinstance(t, torch.Tensor) and t.is_inference():
+        with torch.inference_mode(False):
+            return t.clone()
+    return t
+
+
+def _check_outputs(f, lo=None, hi=None):
+    """ValueError unless the model's outputs ``f`` are finite."""
+    if not _all_finite(f):
+        where = "" if lo is None else f" for inputs[{lo}:{hi}]"
+        raise ValueError(f"model: its outputs are not finite (NaN or inf){where}, although the inputs and "
+                         f"parameters are; the activations overflow in {f.dtype} (rescale the inputs, or use "
+                         f"float64)")
+
+
+def _check_result(result, function):
+    """ValueError if an accumulated result overflowed although every output was finite."""
+    values = result.values() if isinstance(result, dict) else (result,)
+    if not all(_all_finite(t) for t in values):
+        raise ValueError(f"model: {function} is not finite (overflow) although the model's outputs are finite: "
+                         f"the per-example gradients are too large for {next(iter(values)).dtype} (rescale the "
+                         f"inputs, or use float64)")
+    return result
 
 
 def _all_finite(t, rows=4096):
@@ -207,12 +285,8 @@ class _Setup:
         self.named = _trainable(model)
         self.model = model
         self.likelihood = likelihood
-        if isinstance(sigma2, bool) or not isinstance(sigma2, (int, float)) or not math.isfinite(sigma2) \
-                or sigma2 <= 0:
-            raise ValueError(f"sigma2: expected a finite float > 0, got {sigma2!r}")
-        self.sigma2 = float(sigma2)
-        _check_positive_int("batch_size", batch_size, allow_none=True)
-        self.batch_size = batch_size
+        self.sigma2 = _check_positive_float("sigma2", sigma2)
+        self.batch_size = _check_positive_int("batch_size", batch_size, allow_none=True)
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"inputs: expected a torch.Tensor of shape (N, ...), got {type(inputs).__name__}")
         if inputs.ndim < 2:
@@ -224,16 +298,29 @@ class _Setup:
             raise TypeError(f"inputs: expected a floating-point tensor, got dtype {inputs.dtype}")
         if not _all_finite(inputs):
             raise ValueError("inputs: expected finite values, found NaN or inf")
+        dtypes = {}
+        for name, p in model.named_parameters():
+            dtypes.setdefault(p.dtype, []).append(name)
+        if len(dtypes) > 1:
+            listing = "; ".join(f"{dt}: {names}" for dt, names in dtypes.items())
+            raise TypeError(f"model: its parameters have mixed dtypes ({listing}); convert the model to one "
+                            f"dtype, e.g. model.double()")
         dtype = self.named[0][1].dtype
         for name, p in self.named:
             if not _all_finite(p.detach()):
                 raise ValueError(f"model: parameter {name!r} contains NaN or inf")
         if inputs.dtype != dtype:
             raise TypeError(f"inputs: expected dtype {dtype} (that of the model's parameters), got {inputs.dtype}")
-        self.inputs = inputs
+        self.inputs = _usable(inputs)
         self.n = inputs.shape[0]
         with _eval_mode(model), torch.no_grad():  # eval: no dropout draw, no batch-norm update
-            out = model(inputs[:1].clone())
+            try:
+                out = model(self.inputs[:1].clone())
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                raise ValueError(f"inputs: the model cannot be applied to inputs of shape {tuple(inputs.shape)} "
+                                 f"(one example: {tuple(inputs.shape[1:])}, dtype {inputs.dtype})"
+                                 f"{_expected_input(model, inputs)}; torch says: {str(err).splitlines()[0]}") \
+                    from err
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model output: expected a tensor, got {type(out).__name__}")
         if likelihood == "categorical" and (out.ndim != 2 or out.shape[1] < 2):
@@ -245,10 +332,13 @@ class _Setup:
         if likelihood == "bernoulli" and tuple(out.shape) != (1, 1):
             raise ValueError(f"model output: expected one logit per example, shape (N, 1), for likelihood="
                              f"'bernoulli', got shape {tuple(out.shape)} for N = 1")
+        if out.dtype != dtype:
+            raise TypeError(f"model output: expected dtype {dtype} (that of the parameters), got {out.dtype}")
         self.out_dim = out.shape[1]
         self.dtype = dtype
         self.params = {n: p.detach() for n, p in self.named}
         self.numel = sum(p.numel() for _, p in self.named)
+        self.slots = _param_slots(model, self.named)
 
     # -- targets
     def check_targets(self, targets, name="targets"):
@@ -257,6 +347,7 @@ class _Setup:
             raise ValueError(f"{name}: required for this estimator/function, got None")
         if not isinstance(targets, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(targets).__name__}")
+        targets = _usable(targets)
         if self.likelihood == "categorical":
             if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
                 raise TypeError(f"{name}: expected an integer tensor of class indices, got dtype {targets.dtype}")
@@ -295,30 +386,114 @@ class _Setup:
         for start in range(0, self.n, size):
             yield start, min(start + size, self.n)
 
+    def call(self, params, x):
+        """``model(x)`` with the trainable parameters replaced by ``params`` (name -> tensor)."""
+        return _call_with(self.model, self.slots, params, x)
+
     def forward_single(self, params, x):
         """Output of one example (no batch axis) as a function of the trainable parameters."""
-        return functional_call(self.model, params, (x.unsqueeze(0),)).squeeze(0)
+        return self.call(params, x.unsqueeze(0)).squeeze(0)
+
+
+def _param_slots(model, named):
+    """Every place ``(module, attribute, name)`` that holds a trainable parameter.
+
+    A module that appears several times in the model (``model.modules()`` lists it once) and a
+    parameter shared by several modules (tied weights) are both handled: every slot that
+    holds the parameter gets the same replacement tensor, and each slot is swapped once.
+    """
+    ids = {id(p): name for name, p in named}
+    return [(m, attr, ids[id(p)]) for m in model.modules() for attr, p in m._parameters.items()
+            if p is not None and id(p) in ids]
+
+
+def _call_with(model, slots, params, x):
+    """``model(x)`` with the parameter in every slot replaced by ``params[name]`` (restored afterwards).
+
+    Used instead of ``torch.func.functional_call``, which (torch 2.13) leaves a module that
+    appears twice in the model with a plain tensor in place of its parameter.
+    """
+    saved = [m._parameters[attr] for m, attr, _ in slots]
+    try:
+        for m, attr, name in slots:
+            m._parameters[attr] = params[name]
+        return model(x)
+    finally:
+        for (m, attr, _), p in zip(slots, saved):
+            m._parameters[attr] = p
+
+
+def _expected_input(model, inputs):
+    """A hint on the input size the model expects (first Linear/Conv layer), or ''."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            if inputs.shape[-1] != m.in_features:
+                return (f"; its first nn.Linear layer ({name!r}) expects {m.in_features} input features, the "
+                        f"inputs have {inputs.shape[-1]}")
+            return ""
+        if isinstance(m, nn.modules.conv._ConvNd):
+            if inputs.ndim >= 3 and inputs.shape[1] != m.in_channels:
+                return (f"; its first convolution ({name!r}) expects {m.in_channels} input channels, the "
+                        f"inputs have {inputs.shape[1]}")
+            return ""
+    return ""
 
 
 # ------------------------------------------------------------------- likelihood pieces
 
 
 def _nll(f, y, likelihood, sigma2):
-    """Per-example negative log-likelihood, shape (n,). ``y`` as returned by check_targets."""
+    """Per-example negative log-likelihood, shape (n,). ``y`` as returned by check_targets.
+
+    Written so that autograd's first and second derivatives have no ``1 - p`` cancellation
+    (which loses every digit once a probability rounds to 1): categorical
+    ``-log p_y = _pivoted_lse(f) - (f_y - f_m)`` with ``m`` the most probable class (see
+    :func:`_pivoted_lse`); Bernoulli ``y softplus(-f) + (1 - y) softplus(f)``.
+    """
     if likelihood == "categorical":
-        return -torch.log_softmax(f, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        lse, fm = _pivoted_lse(f)
+        return lse - (f.gather(-1, y.unsqueeze(-1)).squeeze(-1) - fm)
     if likelihood == "bernoulli":
-        return nn.functional.binary_cross_entropy_with_logits(f, y, reduction="none").sum(-1)
+        return (y * nn.functional.softplus(-f) + (1 - y) * nn.functional.softplus(f)).sum(-1)
     d = f.shape[-1]
     return ((y - f) ** 2).sum(-1) / (2 * sigma2) + 0.5 * d * math.log(2 * math.pi * sigma2)
 
 
+def _pivoted_lse(f):
+    """``(log sum_c exp(f_c - f_m), f_m)`` per row, ``m`` the most probable class.
+
+    The ``m`` term is the constant ``exp(0)``, so autograd's derivatives involve only
+    ``p_c`` for ``c != m`` and ``1 - p_m = sum_{c != m} p_c``: no ``1 - p`` cancellation.
+    """
+    m = f.detach().argmax(-1, keepdim=True)
+    fm = f.gather(-1, m)
+    z = (f - fm).masked_fill(nn.functional.one_hot(m.squeeze(-1), f.shape[-1]).bool(), 0.0)
+    return torch.logsumexp(z, dim=-1), fm.squeeze(-1)
+
+
+def _one_minus_softmax(p):
+    """``1 - p_c = sum_{i != c} p_i`` for every class, as sums of positive numbers (n, C).
+
+    ``1 - p_c`` computed by subtraction loses all digits once ``p_c`` rounds to 1 (e.g. float32
+    logits 14 apart); the prefix and suffix sums of the other probabilities do not.
+    """
+    zero = torch.zeros_like(p[:, :1])
+    before = torch.cat([zero, p[:, :-1].cumsum(-1)], 1)
+    after = torch.cat([p[:, 1:].flip(-1).cumsum(-1).flip(-1), zero], 1)
+    return before + after
+
+
 def _score_out(f, y, likelihood, sigma2):
-    """grad_f log p(y | f) for a batch: f (n, C), y per check_targets -> (n, C)."""
+    """grad_f log p(y | f) for a batch: f (n, C), y per check_targets -> (n, C).
+
+    Categorical ``e_y - p`` and Bernoulli ``y - s`` are formed without subtracting from 1.
+    """
     if likelihood == "categorical":
-        return nn.functional.one_hot(y, f.shape[-1]).to(f.dtype) - torch.softmax(f, dim=-1)
+        p = torch.softmax(f, dim=-1)
+        rest = _one_minus_softmax(p).gather(-1, y.unsqueeze(-1))
+        return (-p).scatter_(-1, y.unsqueeze(-1), rest)
     if likelihood == "bernoulli":
-        return y - torch.sigmoid(f)
+        return torch.where(y > 0.5, torch.sigmoid(-f), -torch.sigmoid(f))
     return (y - f) / sigma2
 
 
@@ -327,10 +502,11 @@ def _output_hessian(f, likelihood, sigma2):
     n, c = f.shape
     if likelihood == "categorical":
         p = torch.softmax(f, dim=-1)
-        return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+        lam = -p.unsqueeze(-1) * p.unsqueeze(-2)
+        lam.diagonal(dim1=-2, dim2=-1).copy_(p * _one_minus_softmax(p))  # p_c (1 - p_c), accurately
+        return lam
     if likelihood == "bernoulli":
-        s = torch.sigmoid(f)
-        return (s * (1 - s)).unsqueeze(-1)
+        return (torch.sigmoid(f) * torch.sigmoid(-f)).unsqueeze(-1)
     return torch.eye(c, dtype=f.dtype).expand(n, c, c) / sigma2
 
 
@@ -339,11 +515,12 @@ def _sqrt_output_hessian(f, likelihood, sigma2):
     n, c = f.shape
     if likelihood == "categorical":
         p = torch.softmax(f, dim=-1)
-        eye = torch.eye(c, dtype=f.dtype)
-        return p.sqrt().unsqueeze(-1) * (eye - p.unsqueeze(-2))  # [n, k, :] = sqrt(p_k) (e_k - p)
+        root = p.sqrt()
+        v = -root.unsqueeze(-1) * p.unsqueeze(-2)  # [n, k, :] = sqrt(p_k) (e_k - p)
+        v.diagonal(dim1=-2, dim2=-1).copy_(root * _one_minus_softmax(p))
+        return v
     if likelihood == "bernoulli":
-        s = torch.sigmoid(f)
-        return (s * (1 - s)).sqrt().unsqueeze(-1)
+        return (torch.sigmoid(f) * torch.sigmoid(-f)).sqrt().unsqueeze(-1)
     return (torch.eye(c, dtype=f.dtype) / math.sqrt(sigma2)).expand(n, c, c)
 
 
@@ -351,22 +528,35 @@ def _cholesky_output_hessian(f):
     """C - 1 columns ``v_k`` with ``sum_k v_k v_k^T = diag(p) - p p^T`` (categorical), (n, C-1, C).
 
     The Cholesky factor of the multinomial covariance in closed form (Tanabe and Sagae,
-    1992): with tail sums ``q_j = sum_{i >= j} p_i``, column ``j`` has
-    ``L[j, j] = sqrt(p_j q_{j+1} / q_j)``, ``L[i, j] = -p_i sqrt(p_j / (q_j q_{j+1}))`` for
-    ``i > j`` and zeros above; the last column is zero and is dropped. Used by the fast
-    path: one backpropagated column fewer than the symmetric factor.
+    1992): with the classes in some order and tail sums ``q_j = sum_{i >= j} p_i``, column
+    ``j`` has ``L[j, j] = sqrt(p_j / q_j) sqrt(q_{j+1})``, ``L[i, j] = -p_i sqrt(p_j / q_j) /
+    sqrt(q_{j+1})`` for ``i > j`` and zeros above; the last column is zero and is dropped.
+
+    Stability: the classes are ordered with the most probable one **last**, so every tail sum
+    ``q_{j+1}`` that is divided by is at least ``max_c p_c >= 1/C``. Every factor is then
+    bounded (``p_j / q_j`` in [0, 1], ``1 / sqrt(q_{j+1}) <= sqrt(C)``): no overflow, no
+    ``0/0``, for any softmax output in float32 or float64 (tiny, subnormal or zero
+    probabilities included), and the diagonal ``p_c (1 - p_c)`` of the product comes out as a
+    sum of positive terms (no ``1 - p`` cancellation). Used by the fast path: one
+    backpropagated column fewer than the symmetric factor.
     """
     p = torch.softmax(f, dim=-1)
     n, c = p.shape
-    q = p.flip(-1).cumsum(-1).flip(-1)
-    q_next = torch.cat([q[:, 1:], torch.zeros_like(q[:, :1])], 1)
-    qq = q * q_next
-    ok = qq > 0
-    diag = torch.where(ok, p * q_next / torch.where(ok, q, 1.0), 0.0).sqrt()
-    off = torch.where(ok, (p / torch.where(ok, qq, 1.0)).sqrt(), 0.0)
-    below = torch.ones(c, c, dtype=torch.bool).tril(-1)  # [i, j]: i > j
-    lower = torch.diag_embed(diag) - below * p.unsqueeze(-1) * off.unsqueeze(-2)  # [n, i, j]
-    return lower[:, :, :c - 1].transpose(1, 2)
+    rows = torch.arange(n)
+    top = p.argmax(-1)
+    order = torch.arange(c).repeat(n, 1)  # a swap of the most probable class and the last one
+    order[rows, top] = c - 1
+    order[:, c - 1] = top
+    ps = p.gather(-1, order)
+    q = ps.flip(-1).cumsum(-1).flip(-1)  # q[:, j] = sum_{i >= j} ps_i >= max p
+    q_next = q[:, 1:].sqrt()  # sqrt(q_{j+1}) for the kept columns j = 0 .. C-2, >= sqrt(1/C)
+    r = (ps[:, :-1] / q[:, :-1]).sqrt()  # sqrt(p_j / q_j) in [0, 1]
+    lower = -ps.unsqueeze(-1) * (r / q_next).unsqueeze(-2)  # [n, i, j] for i > j
+    lower = lower * torch.ones(c, c - 1, dtype=torch.bool).tril(-1)
+    lower.diagonal(dim1=-2, dim2=-1).copy_(r * q_next)
+    # back to the original class order: row i of the ordered factor belongs to class order[i]
+    # (a swap is its own inverse)
+    return lower.gather(1, order.unsqueeze(-1).expand(n, c, c - 1)).transpose(1, 2)
 
 
 def _draw_noise(n, num_samples, out_dim, likelihood, generator, dtype):
@@ -400,9 +590,11 @@ def _factors(f, likelihood, estimator, sigma2, targets=None, noise=None, cholesk
     s = noise.shape[1]
     y = _noise_to_targets(f, noise, likelihood, sigma2)
     if likelihood == "categorical":
-        v = nn.functional.one_hot(y, f.shape[-1]).to(f.dtype) - torch.softmax(f, -1).unsqueeze(1)
+        p = torch.softmax(f, -1)
+        rest = _one_minus_softmax(p).unsqueeze(1).expand(-1, s, -1).gather(-1, y.unsqueeze(-1))
+        v = (-p).unsqueeze(1).repeat(1, s, 1).scatter_(-1, y.unsqueeze(-1), rest)
     elif likelihood == "bernoulli":
-        v = (y - torch.sigmoid(f)).unsqueeze(-1)
+        v = torch.where(y > 0.5, torch.sigmoid(-f), -torch.sigmoid(f)).unsqueeze(-1)
     else:
         v = (y - f.unsqueeze(1)) / sigma2
     return v / math.sqrt(s)
@@ -418,28 +610,140 @@ class _NotFast(Exception):
     pass
 
 
-def _fast_plan(model):
-    """The list of layers if ``model`` takes the fast path, else None."""
+_FAST_TYPES = (nn.Linear,) + _ELEMENTWISE + _PASS
+_FAST_NAMES = "nn.Linear, " + ", ".join(f"nn.{t.__name__}" for t in _ELEMENTWISE + _PASS) + " and nested nn.Sequential"
+_REUSE = ("its per-layer squares would add g1^2 + g2^2 of the two uses instead of the square (g1 + g2)^2 of "
+          "the parameter's gradient")
+
+
+def _hooked(m):
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def _global_hooks():
+    from torch.nn.modules import module as mod
+    return any(getattr(mod, name, None) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+        "_global_backward_pre_hooks"))
+
+
+def _plan(model):
+    """``(layers, reason)``: the flat list of layers of the fast path (None: generic path) and why."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if type(model) is not nn.Sequential:
+        return None, (f"the model is a {type(model).__name__}, not an nn.Sequential (a custom forward can do "
+                      f"anything)")
+    if _global_hooks():
+        return None, "global module hooks are registered (torch.nn.modules.module.register_module_*_hook)"
+    layers, where = [], []
+
+    def walk(seq, prefix):
+        if _hooked(seq):
+            return f"the nn.Sequential {prefix.rstrip('.') or 'model'!r} has hooks"
+        for key, m in seq._modules.items():  # not named_children(): that skips a repeated module
+            path = prefix + key
+            if type(m) is nn.Sequential:
+                why = walk(m, path + ".")
+                if why:
+                    return why
+            elif type(m) in _FAST_TYPES:
+                if _hooked(m):
+                    return f"layer {path!r} ({type(m).__name__}) has hooks"
+                layers.append(m)
+                where.append(path)
+            else:
+                return (f"layer {path!r} is a {type(m).__name__}; the fast path handles only {_FAST_NAMES}"
+                        if m is not None else f"layer {path!r} is None")
         return None
-    layers = []
-    for m in model:
-        if type(m) is nn.Sequential:
-            sub = _fast_plan(m)
-            if sub is None:
-                return None
-            layers.extend(sub)
-        elif type(m) in (nn.Linear,) + _ELEMENTWISE + _PASS:
-            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
-                return None
-            layers.append(m)
-        else:
-            return None
-    if model._forward_hooks or model._forward_pre_hooks:
-        return None
-    if not any(isinstance(m, nn.Linear) for m in layers):
-        return None
-    return layers
+
+    why = walk(model, "")
+    if why:
+        return None, why
+    linear = [(path, m) for path, m in zip(where, layers) if type(m) is nn.Linear]
+    if not linear:
+        return None, "the model has no nn.Linear layer"
+    seen_modules, seen_params = {}, {}
+    for path, m in linear:
+        if id(m) in seen_modules:
+            return None, (f"layers {seen_modules[id(m)]!r} and {path!r} are the same nn.Linear module (a "
+                          f"repeated module); {_REUSE}")
+        seen_modules[id(m)] = path
+        for attr in ("weight", "bias"):
+            t = getattr(m, attr)
+            if t is None:
+                continue
+            if id(t) in seen_params:
+                return None, (f"{path}.{attr} and {seen_params[id(t)]} are the same parameter (tied weights); "
+                              f"{_REUSE}")
+            seen_params[id(t)] = f"{path}.{attr}"
+    return layers, (f"an nn.Sequential of {_FAST_NAMES} without hooks, every parameter used once: the squares "
+                    f"of the per-example gradients in closed form, layer by layer")
+
+
+def _fast_plan(model):
+    """The list of layers if ``model`` takes the fast path, else None (see :func:`fisher_path`)."""
+    return _plan(model)[0]
+
+
+def _input_dims_ok(layers, inputs):
+    """Whether every nn.Linear of the plan sees a 2-D input (n, features), from the shapes alone."""
+    ndim = inputs.ndim
+    for m in layers:
+        if type(m) is nn.Linear:
+            if ndim != 2:
+                return False
+        elif type(m) is nn.Flatten:
+            start, end = (d % ndim if d < 0 else d for d in (m.start_dim, m.end_dim))
+            ndim = ndim - (end - start) if end >= start else ndim
+    return True
+
+
+def fisher_path(model, inputs=None):
+    r"""Which code path :func:`fisher_diagonal` takes for ``model``, and why: ``(path, reason)``.
+
+    ``path`` is ``"fast"`` or ``"generic"`` (the ``reason`` is a sentence):
+
+    * ``"fast"``: ``model`` is a plain ``nn.Sequential`` (possibly nested) of ``nn.Linear``
+      and the elementwise layers ReLU, LeakyReLU, Tanh, Sigmoid, Identity, Dropout, Flatten,
+      with no hooks, and every parameter is used once. Then the per-example gradient of a
+      Linear weight is ``delta_n a_n^T`` and ``sum_n sum_k (grad_{n,k})^2`` is the product
+      ``(sum_k delta^2)^T (a^2)``, computed layer by layer without per-example gradients.
+    * ``"generic"``: everything else -- custom modules, convolutions, batch norm, hooks, and
+      **parameters used more than once** (a Linear module repeated in the Sequential, or two
+      modules sharing one weight): per-use squares would give ``g1^2 + g2^2`` instead of
+      ``(g1 + g2)^2``, so the per-example gradients ``J_n^T v_{n,k}`` are formed with
+      ``torch.func`` (``vmap`` of ``vjp``), which sums the uses first.
+
+    Both paths give the same numbers (tested against each other and against the loops of
+    :mod:`ewc_lib.reference`). With ``inputs`` (a tensor ``(N, ...)``) the answer also takes
+    their shape into account: the fast path needs 2-D inputs ``(n, features)`` at every
+    Linear layer, otherwise :func:`fisher_diagonal` falls back to the generic path.
+    This describes ``estimator`` "exact", "mc" and "empirical" of :func:`fisher_diagonal`;
+    ``"batched_empirical"`` takes one ordinary backward pass per minibatch, and
+    :func:`fisher_matrix`, :func:`hessian`, :func:`expected_hessian` and :func:`ggn` always
+    use ``torch.func``.
+
+    >>> lin = nn.Linear(3, 3)
+    >>> fisher_path(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), lin))[0]
+    'fast'
+    >>> path, reason = fisher_path(nn.Sequential(lin, nn.Tanh(), lin))
+    >>> path
+    'generic'
+    >>> print(reason.split(";")[0])
+    layers '0' and '2' are the same nn.Linear module (a repeated module)
+    """
+    layers, reason = _plan(model)
+    if layers is None:
+        return "generic", reason
+    if inputs is not None:
+        if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
+            raise ValueError(f"inputs: expected a tensor of shape (N, ...) or None, got {_describe(inputs)}")
+        if not _input_dims_ok(layers, inputs):
+            return "generic", (f"inputs of shape {tuple(inputs.shape)} reach an nn.Linear layer with more than "
+                               f"2 dimensions; the fast path needs (n, features) at every Linear layer")
+    return "fast", reason
 
 
 def _act_derivative(m, z, out):
@@ -516,7 +820,7 @@ def _generic_chunk(setup, k):
 
 def _estimator_args(setup, estimator, targets, num_samples, generator):
     _check_choice("estimator", estimator, ESTIMATORS)
-    _check_positive_int("num_samples", num_samples)
+    num_samples = _check_positive_int("num_samples", num_samples)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     if estimator in ("empirical", "batched_empirical"):
@@ -534,14 +838,18 @@ def _estimator_args(setup, estimator, targets, num_samples, generator):
 
 
 def _batched_grads(setup, targets):
-    """Yield (weight, mean log-likelihood gradient of minibatch) for batched_empirical."""
+    """Yield (weight, mean log-likelihood gradient of minibatch) for batched_empirical.
+
+    A parameter the outputs do not depend on gets a zero gradient (as on the other paths).
+    """
     model = setup.model
     plist = [p for _, p in setup.named]
     for lo, hi in setup.chunks(setup.batch_size):
         f = model(setup.inputs[lo:hi])
+        _check_outputs(f.detach(), lo, hi)
         loglik = -_nll(f, targets[lo:hi], setup.likelihood, setup.sigma2).mean()
-        grads = torch.autograd.grad(loglik, plist)
-        yield (hi - lo) / setup.n, grads
+        grads = torch.autograd.grad(loglik, plist, allow_unused=True)
+        yield (hi - lo) / setup.n, [torch.zeros_like(p) if g is None else g for p, g in zip(plist, grads)]
 
 
 
@@ -556,7 +864,8 @@ _ESTIMATOR_PARAMS_DOC = """Parameters
         means ``(N, D)`` (gaussian), one logit ``(N, 1)`` (bernoulli). Evaluated in eval
         mode; its modes and ``requires_grad`` flags are restored afterwards.
     inputs : Tensor (N, ...)
-        Floating point, finite, same dtype as the parameters, ``N >= 1``.
+        Floating point, finite, same dtype as the parameters (which must all have one
+        dtype), ``N >= 1``, shaped as the model expects. The model's outputs must be finite.
     likelihood : {"categorical", "gaussian", "bernoulli"}
     estimator : {"exact", "mc", "empirical", "batched_empirical"}
     targets : Tensor, optional
@@ -564,7 +873,8 @@ _ESTIMATOR_PARAMS_DOC = """Parameters
         "exact" and "mc". Categorical: integer class indices ``(N,)``; gaussian: floats
         ``(N, D)``; bernoulli: 0/1 ``(N,)`` or ``(N, 1)``.
     num_samples : int >= 1
-        Labels drawn per input by "mc".
+        Labels drawn per input by "mc". Integers may be Python ints, numpy integers or 0-d
+        integer tensors (here and for ``batch_size``).
     batch_size : int >= 1 or None
         For "batched_empirical": the minibatch size ``B`` (required; it changes the result).
         For every other estimator: only the number of examples processed at once (bounds the
@@ -574,7 +884,8 @@ _ESTIMATOR_PARAMS_DOC = """Parameters
         Source of the "mc" draws (``None``: PyTorch's global generator). The same generator
         state gives the same labels as :func:`sample_targets`.
     sigma2 : float > 0
-        Fixed variance of the Gaussian likelihood (ignored otherwise).
+        Fixed variance of the Gaussian likelihood (ignored otherwise); a Python, numpy or
+        0-d tensor real number.
 """
 
 
@@ -633,17 +944,18 @@ def fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact
             for w, grads in _batched_grads(setup, targets):
                 for (name, _), g in zip(setup.named, grads):
                     acc[name].add_(w * g.detach() ** 2)
-            return acc
+            return _check_result(acc, "the Fisher diagonal")
         plan = _fast_plan(model)
-        if plan is not None:
+        if plan is not None and _input_dims_ok(plan, setup.inputs):
             try:
-                return _fast_diagonal(setup, plan, estimator, targets, noise, acc)
-            except _NotFast:
+                return _check_result(_fast_diagonal(setup, plan, estimator, targets, noise, acc),
+                                     "the Fisher diagonal")
+            except _NotFast:  # (not expected: _input_dims_ok checks the shapes first)
                 acc = {n: torch.zeros_like(p) for n, p in setup.named}
         for lo, hi, v, grads in _generic_chunks(setup, estimator, targets, noise, k):
             for name in acc:
                 acc[name].add_((grads[name] ** 2).sum((0, 1)))
-        return {name: t / setup.n for name, t in acc.items()}
+        return _check_result({name: t / setup.n for name, t in acc.items()}, "the Fisher diagonal")
 
 
 def _generic_chunks(setup, estimator, targets, noise, k):
@@ -653,6 +965,7 @@ def _generic_chunks(setup, estimator, targets, noise, k):
         x = setup.inputs[lo:hi]
         with torch.no_grad():
             f = setup.model(x)
+        _check_outputs(f, lo, hi)
         v = _factors(f, setup.likelihood, estimator, setup.sigma2,
                      None if targets is None else targets[lo:hi],
                      None if noise is None else noise[lo:hi])
@@ -665,6 +978,7 @@ def _fast_diagonal(setup, plan, estimator, targets, noise, acc):
     size = setup.batch_size or FAST_CHUNK
     for lo, hi in setup.chunks(size):
         def factor_fn(f, lo=lo, hi=hi):
+            _check_outputs(f, lo, hi)
             return _factors(f, setup.likelihood, estimator, setup.sigma2,
                             None if targets is None else targets[lo:hi],
                             None if noise is None else noise[lo:hi], cholesky=True)
@@ -706,12 +1020,12 @@ def fisher_matrix(model, inputs, *, likelihood="categorical", estimator="exact",
             for w, grads in _batched_grads(setup, targets):
                 g = torch.cat([t.detach().reshape(-1) for t in grads])
                 acc.add_(w * torch.outer(g, g))
-            return acc
+            return _check_result(acc, "the Fisher matrix")
         for lo, hi, v, grads in _generic_chunks(setup, estimator, targets, noise, k):
             g = torch.cat([grads[name].reshape(hi - lo, v.shape[1], -1) for name, _ in setup.named], -1)
             g = g.reshape(-1, P)
             acc.addmm_(g.T, g)
-        return acc / setup.n
+        return _check_result(acc / setup.n, "the Fisher matrix")
 
 
 def sample_targets(model, inputs, *, likelihood="categorical", num_samples=1, generator=None, sigma2=1.0):
@@ -730,23 +1044,24 @@ def sample_targets(model, inputs, *, likelihood="categorical", num_samples=1, ge
     ((5, 2), torch.int64)
     """
     setup = _Setup(model, inputs, likelihood, sigma2)
-    _check_positive_int("num_samples", num_samples)
+    num_samples = _check_positive_int("num_samples", num_samples)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     with _eval_mode(model), torch.no_grad():
         noise = _draw_noise(setup.n, num_samples, setup.out_dim, likelihood, generator, setup.dtype)
-        f = model(inputs)
+        f = model(setup.inputs)
+        _check_outputs(f)
         return _noise_to_targets(f, noise, likelihood, setup.sigma2)
 
 
 def _flat_function(setup, fn):
-    """theta (P,) -> fn(outputs of the chunk) using functional_call."""
+    """theta (P,) -> fn(outputs of the chunk), the parameters swapped in by ``setup.call``."""
     def wrapped(theta, x, *args):
         params, i = {}, 0
         for name, p in setup.named:
             params[name] = theta[i:i + p.numel()].reshape(p.shape)
             i += p.numel()
-        return fn(functional_call(setup.model, params, (x,)), *args)
+        return fn(setup.call(params, x), *args)
     return wrapped
 
 
@@ -790,8 +1105,11 @@ def hessian(model, inputs, targets, *, likelihood="categorical", sigma2=1.0, bat
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         size = setup.batch_size or max(1, min(setup.n, 256))
         for lo, hi in setup.chunks(size):
-            acc += _hess(fn)(theta, inputs[lo:hi], targets[lo:hi])
-        return acc / setup.n
+            x = setup.inputs[lo:hi]
+            with torch.no_grad():
+                _check_outputs(model(x), lo, hi)
+            acc += _hess(fn)(theta, x, targets[lo:hi])
+        return _check_result(acc / setup.n, "the Hessian")
 
 
 def expected_hessian(model, inputs, *, likelihood="categorical", sigma2=1.0, batch_size=None):
@@ -816,12 +1134,13 @@ def expected_hessian(model, inputs, *, likelihood="categorical", sigma2=1.0, bat
     s2 = setup.sigma2
 
     def expected_nll(f, f0):
-        if likelihood == "categorical":
+        if likelihood == "categorical":  # sum_y w_y (-log p_y(f)), pivoted as in _nll
             w = torch.softmax(f0, -1)
-            return -(w * torch.log_softmax(f, -1)).sum()
+            lse, fm = _pivoted_lse(f)
+            return (lse * w.sum(-1) - (w * f).sum(-1) + fm * w.sum(-1)).sum()
         if likelihood == "bernoulli":
             w = torch.sigmoid(f0)
-            return -(w * nn.functional.logsigmoid(f) + (1 - w) * nn.functional.logsigmoid(-f)).sum()
+            return (w * nn.functional.softplus(-f) + torch.sigmoid(-f0) * nn.functional.softplus(f)).sum()
         return ((f - f0) ** 2).sum() / (2 * s2)  # + constant D/2 (1 + log 2 pi sigma2)
 
     with _eval_mode(model):
@@ -830,11 +1149,12 @@ def expected_hessian(model, inputs, *, likelihood="categorical", sigma2=1.0, bat
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         size = setup.batch_size or max(1, min(setup.n, 256))
         for lo, hi in setup.chunks(size):
-            x = inputs[lo:hi]
+            x = setup.inputs[lo:hi]
             with torch.no_grad():
                 f0 = model(x)
+            _check_outputs(f0, lo, hi)
             acc += _hess(fn)(theta, x, f0)
-        return acc / setup.n
+        return _check_result(acc / setup.n, "the expected Hessian")
 
 
 def ggn(model, inputs, *, likelihood="categorical", sigma2=1.0, batch_size=None):
@@ -863,13 +1183,15 @@ def ggn(model, inputs, *, likelihood="categorical", sigma2=1.0, batch_size=None)
         fn = _flat_function(setup, lambda f: f.squeeze(0))
         jac = vmap(torch.func.jacrev(lambda th, xi: fn(th, xi.unsqueeze(0))), in_dims=(None, 0))
         for lo, hi in setup.chunks(size):
-            x = inputs[lo:hi]
-            J = jac(theta, x)  # (n, C, P)
+            x = setup.inputs[lo:hi]
             with torch.no_grad():
-                lam = _output_hessian(model(x), likelihood, setup.sigma2)
+                f = model(x)
+            _check_outputs(f, lo, hi)
+            J = jac(theta, x)  # (n, C, P)
+            lam = _output_hessian(f, likelihood, setup.sigma2)
             lj = torch.einsum("ncd,ndq->ncq", lam, J).reshape(-1, P)
             acc.addmm_(J.reshape(-1, P).T, lj)
-        return acc / setup.n
+        return _check_result(acc / setup.n, "the GGN")
 
 
 for _f in (fisher_diagonal, fisher_matrix):

@@ -16,11 +16,9 @@ import ewc_lib
 from ewc_lib import curvature, reference
 from ewc_lib.curvature import flatten_params
 
-from cases import CASES, CATEGORICAL, GAUSSIAN, Case, Wrapped, layer_zoo, make, make_inputs, make_model
+from cases import (CASES, CATEGORICAL, EXACT_RTOL, GAUSSIAN, Case, Wrapped, assert_close, layer_zoo, make,
+                   make_inputs, make_model)
 
-#: Identities between different float64 routes (outer products, second derivatives, J^T L J):
-#: observed round-off is ~1e-15 relative; 1e-10 leaves room without hiding real errors.
-EXACT_RTOL = 1e-10
 #: Monte Carlo comparisons: allowed number of standard errors per entry (all entries of a
 #: few dozen parameters must pass; a 6-sigma excursion has probability ~2e-9 per entry).
 MC_SIGMAS = 6.0
@@ -28,21 +26,6 @@ MC_SIGMAS = 6.0
 FLOAT32_RTOL = 1e-4
 
 ESTIMATORS = ["exact", "mc", "empirical", "batched_empirical"]
-
-
-def assert_close(actual, expected, rtol=EXACT_RTOL, what="", scale=None):
-    """Compare relative to the largest |expected| entry (or to ``scale``); the message says
-    where and by how much."""
-    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    scale = expected.abs().max().clamp_min(1e-300) if scale is None else torch.as_tensor(scale)
-    err = (actual - expected).abs()
-    worst = int(err.argmax()) if err.numel() else 0
-    rel = (err.max() / scale).item() if err.numel() else 0.0
-    assert rel <= rtol, (
-        f"{what}: max |difference| / max |expected| = {rel:.3e} > {rtol:.0e} at flat index {worst} "
-        f"(actual {actual.reshape(-1)[worst].item():.6e}, expected {expected.reshape(-1)[worst].item():.6e}); "
-        f"{int((err > rtol * scale).sum())} of {err.numel()} entries off")
 
 
 def gen(seed=0):

@@ -104,3 +104,47 @@ def test_mc_loop_needs_sampled_targets():
     model = linear_model(2, 3)
     with pytest.raises(ValueError, match="sampled_targets"):
         reference.fisher_matrix_loop(model, torch.zeros(2, 2, dtype=torch.float64), estimator="mc")
+
+
+def test_reference_is_independent_of_the_curvature_module():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(reference))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert not any("curvature" in (m or "") for m in imported), imported
+
+
+@pytest.mark.parametrize("gap", [20.0, 40.0, 300.0, 800.0])
+def test_scores_are_accurate_when_a_probability_rounds_to_one(gap):
+    # logits (gap, 0, -1): p_0 = 1 - (e^-gap + e^-(gap+1)) / (1 + ...); the score of the likely
+    # class is -(1 - p_0), which "p_0 - 1" computes as 0 once p_0 rounds to 1 (gap > ~37)
+    model = nn.Linear(3, 3, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3, dtype=torch.float64))
+    x = torch.tensor([[gap, 0.0, -1.0]], dtype=torch.float64)
+    g = reference.per_example_scores(model, x, torch.tensor([0]))[0].reshape(3, 3)
+    tail = torch.tensor([-gap, -gap - 1.0], dtype=torch.float64).exp()
+    p_rest = tail / (1 + tail.sum())  # p_1, p_2 by hand
+    expected_score = torch.cat([p_rest.sum().reshape(1), -p_rest])  # e_0 - p = (1 - p_0, -p_1, -p_2)
+    expected = expected_score[:, None] * x[0][None, :]  # d log p / d W = score x^T
+    close(g, expected, "per-example score of the likely class")
+    # the unlikely class: score e_1 - p = (-p_0, 1 - p_1, -p_2), no cancellation either way
+    g1 = reference.per_example_scores(model, x, torch.tensor([1]))[0].reshape(3, 3)
+    p0 = 1 / (1 + tail.sum())
+    close(g1[:, 0] / gap, torch.stack([-p0, 1 - p_rest[0], -p_rest[1]]), "score of an unlikely class")
+
+
+def test_bernoulli_reference_outcome_weights_do_not_cancel():
+    model = nn.Linear(1, 1, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.zero_()
+    x = torch.tensor([[60.0]], dtype=torch.float64)  # sigmoid(60) rounds to 1 in float64
+    fisher = reference.fisher_matrix_loop(model, x, likelihood="bernoulli")
+    s = torch.sigmoid(torch.tensor(60.0, dtype=torch.float64))
+    s_not = torch.sigmoid(torch.tensor(-60.0, dtype=torch.float64))  # e^-60, not 1 - s = 0
+    variance = s * s_not
+    close(fisher, variance * torch.tensor([[3600.0, 60.0], [60.0, 1.0]], dtype=torch.float64),
+          "Bernoulli Fisher s (1 - s) [x; 1][x; 1]^T at a saturated logit")
