@@ -56,9 +56,23 @@ from torch import nn
 __all__ = ["EWCPenalty", "L2Penalty"]
 
 _MODES = ("separate", "online")
+_STATE_KEYS = ("lam", "mode", "gamma", "num_tasks", "anchors", "fishers")
+#: Relative tolerance for L2Penalty's stored stiffness (1, or the online sum of gamma powers)
+#: when a state is loaded: the recursion F <- gamma F + 1 rounds at every step, ~1e-7 in float32.
+_L2_RTOL = 1e-5
+
+
+def _plain(value):
+    """0-d tensors and 0-d numpy arrays -> the Python number they hold (numpy scalars are Real)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
+        return value.item()
+    if hasattr(value, "ndim") and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def _check_lam(lam) -> float:
+    lam = _plain(lam)
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise TypeError(f"lam: expected a real number, got {type(lam).__name__}")
     lam = float(lam)
@@ -68,8 +82,9 @@ def _check_lam(lam) -> float:
 
 
 def _check_mode_gamma(mode, gamma) -> tuple[str, float]:
-    if mode not in _MODES:
+    if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+    gamma = _plain(gamma)
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
         raise TypeError(f"gamma: expected a real number in (0, 1], got {type(gamma).__name__}")
     gamma = float(gamma)
@@ -209,6 +224,12 @@ class EWCPenalty:
         becomes anchor = current parameters, ``F = gamma * F_old + fisher``.
         """
         params = _trainable(model)
+        if self._anchors:
+            old = self._anchors[0]
+            if set(old) != set(params) or any(old[n].shape != p.shape for n, p in params.items()):
+                raise ValueError("model: its parameters differ from those of the earlier "
+                                 "consolidations (names or shapes)")
+            self._check_device(params)
         fisher = _check_fisher(fisher, params)
         anchor = {n: p.detach().clone() for n, p in params.items()}
         if self.mode == "separate" or not self._anchors:
@@ -216,10 +237,7 @@ class EWCPenalty:
             self._fishers.append(fisher)
         else:
             old = self._fishers[0]
-            if set(old) != set(fisher) or any(old[n].shape != fisher[n].shape for n in fisher):
-                raise ValueError("model: its parameters differ from those of the earlier "
-                                 "consolidations (names or shapes)")
-            self._fishers[0] = {n: self.gamma * old[n] + fisher[n] for n in fisher}
+            self._fishers[0] = {n: self.gamma * old[n].to(fisher[n].dtype) + fisher[n] for n in fisher}
             self._anchors[0] = anchor
         self._num_tasks += 1
 
@@ -240,6 +258,7 @@ class EWCPenalty:
                 f"model: trainable parameter names {sorted(params)} differ from the "
                 f"consolidated ones {sorted(names)}"
             )
+        self._check_device(params)
         total = None
         for anchor, fisher in zip(self._anchors, self._fishers):
             for name, p in params.items():
@@ -302,6 +321,7 @@ class EWCPenalty:
         >>> abs(net.weight.item() - anchor) < 1e-4   # pulled back, not thrown out
         True
         """
+        lr = _plain(lr)
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
                 math.isfinite(float(lr)) and float(lr) > 0):
             raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
@@ -313,11 +333,44 @@ class EWCPenalty:
                 f"model: trainable parameter names {sorted(params)} differ from the "
                 f"consolidated ones {sorted(self._anchors[0])}"
             )
+        self._check_device(params)
+        for name, p in params.items():
+            if p.shape != self._anchors[0][name].shape:
+                raise ValueError(f"model: parameter {name!r} has shape {tuple(p.shape)}, "
+                                 f"the anchor has {tuple(self._anchors[0][name].shape)}")
         step = float(lr) * self.lam
         for name, p in params.items():
             stiffness = sum(f[name] for f in self._fishers)
             pull = sum(f[name] * a[name] for f, a in zip(self._fishers, self._anchors))
             p.copy_((p + step * pull) / (1.0 + step * stiffness))
+
+    def _check_device(self, params) -> None:
+        for name, p in params.items():
+            stored = self._anchors[0][name].device
+            if p.device != stored:
+                raise ValueError(
+                    f"model: parameter {name!r} is on {p.device}, the consolidated anchors and Fishers on "
+                    f"{stored}; move them with penalty.to({str(p.device)!r})")
+
+    def to(self, device=None, dtype=None) -> "EWCPenalty":
+        """Move (and/or cast) the stored anchors and Fishers, like ``nn.Module.to``; returns ``self``.
+
+        Call it after moving the model, e.g. ``model.to(device); penalty.to(device)``: the
+        penalty, its gradient and :meth:`proximal_step` then work on the new device / dtype.
+        ``dtype`` must be a floating-point dtype. Nothing else is stored, so this covers all
+        the state of :meth:`penalty`, :meth:`proximal_step` and :meth:`max_curvature`.
+        """
+        if dtype is not None:
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                raise TypeError(f"dtype: expected a floating-point torch.dtype or None, got {dtype!r}")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError) as err:
+                raise TypeError(f"device: expected a torch.device or a device string, got {device!r}") from err
+        self._anchors = [{n: t.to(device=device, dtype=dtype) for n, t in d.items()} for d in self._anchors]
+        self._fishers = [{n: t.to(device=device, dtype=dtype) for n, t in d.items()} for d in self._fishers]
+        return self
 
     # ------------------------------------------------------------- save/load
     def state_dict(self) -> dict:
@@ -326,24 +379,88 @@ class EWCPenalty:
                 "num_tasks": self._num_tasks, "anchors": self.anchors, "fishers": self.fishers}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore from :meth:`state_dict` (checks lam, mode, gamma and the stored tensors)."""
+        """Restore from :meth:`state_dict`, checking everything :meth:`consolidate` guarantees.
+
+        * ``lam``, ``mode``, ``gamma``: as in the constructor;
+        * ``num_tasks``: an int >= 0, consistent with the number of stored terms: equal to it
+          in ``"separate"`` mode; in ``"online"`` mode one term if ``num_tasks >= 1``, none if 0;
+        * ``anchors``, ``fishers``: lists (or tuples) of the same length of dicts name ->
+          tensor; every term has the same names (str) and shapes, each anchor is a finite
+          floating-point tensor, each Fisher a finite tensor >= 0 of its anchor's shape (cast
+          to the anchor's dtype and device, as :meth:`consolidate` does).
+
+        Raises ``TypeError`` (wrong types) or ``ValueError`` (wrong values) naming the field,
+        e.g. ``anchors[1]['0.weight']``; on error nothing is changed.
+        """
         if not isinstance(state, Mapping):
             raise TypeError(f"state: expected a dict, got {type(state).__name__}")
-        missing = {"lam", "mode", "gamma", "num_tasks", "anchors", "fishers"} - set(state)
+        missing = sorted(set(_STATE_KEYS) - set(state))
         if missing:
-            raise ValueError(f"state: missing keys {sorted(missing)}")
+            raise ValueError(f"state: missing keys {missing}")
+        unknown = sorted(map(str, set(state) - set(_STATE_KEYS)))
+        if unknown:
+            raise ValueError(f"state: unknown keys {unknown}; expected {list(_STATE_KEYS)}")
         lam = _check_lam(state["lam"])
         mode, gamma = _check_mode_gamma(state["mode"], state["gamma"])
-        anchors, fishers = list(state["anchors"]), list(state["fishers"])
+        num_tasks = _plain(state["num_tasks"])
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, numbers.Integral):
+            raise TypeError(f"num_tasks: expected an int >= 0, got {type(state['num_tasks']).__name__}")
+        num_tasks = int(num_tasks)
+        if num_tasks < 0:
+            raise ValueError(f"num_tasks: expected an int >= 0, got {num_tasks}")
+        terms = {}
+        for field in ("anchors", "fishers"):
+            value = state[field]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"{field}: expected a list of dicts name -> tensor, got {type(value).__name__}")
+            for t, d in enumerate(value):
+                if not isinstance(d, Mapping):
+                    raise TypeError(f"{field}[{t}]: expected a dict name -> tensor, got {type(d).__name__}")
+            terms[field] = list(value)
+        anchors, fishers = terms["anchors"], terms["fishers"]
         if len(anchors) != len(fishers):
-            raise ValueError("state: 'anchors' and 'fishers' have different lengths")
-        for a, f in zip(anchors, fishers):
-            ref = {n: t for n, t in a.items()}
-            _check_fisher(f, ref)
+            raise ValueError(f"anchors, fishers: expected one Fisher per anchor, got {len(anchors)} anchors "
+                             f"and {len(fishers)} fishers")
+        expected_terms = num_tasks if mode == "separate" else min(num_tasks, 1)
+        if len(anchors) != expected_terms:
+            raise ValueError(
+                f"num_tasks: {num_tasks} consolidated task(s) in mode={mode!r} means {expected_terms} stored "
+                f"term(s) ({'one per task' if mode == 'separate' else 'one term in online mode'}), but "
+                f"'anchors' has {len(anchors)}")
+        new_anchors, new_fishers = [], []
+        for t, (a, f) in enumerate(zip(anchors, fishers)):
+            anchor = {}
+            for name, v in a.items():
+                field = f"anchors[{t}][{name!r}]"
+                if not isinstance(name, str):
+                    raise TypeError(f"anchors[{t}]: expected str parameter names, got {type(name).__name__}")
+                if not isinstance(v, torch.Tensor):
+                    raise TypeError(f"{field}: expected a torch.Tensor, got {type(v).__name__}")
+                if not v.is_floating_point():
+                    raise TypeError(f"{field}: expected a floating-point tensor (a parameter), got {v.dtype}")
+                if not torch.isfinite(v).all():
+                    raise ValueError(f"{field}: contains NaN or inf")
+                anchor[name] = v.detach().clone()
+            if not anchor:
+                raise ValueError(f"anchors[{t}]: expected at least one parameter, got an empty dict")
+            try:
+                fisher = _check_fisher(f, anchor)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"fishers[{t}]: {err}") from err
+            if t > 0:
+                first = new_anchors[0]
+                if set(anchor) != set(first) or any(anchor[n].shape != first[n].shape for n in first):
+                    raise ValueError(f"anchors[{t}]: its names or shapes differ from those of anchors[0]")
+                if any(anchor[n].device != first[n].device for n in first):
+                    raise ValueError(f"anchors[{t}]: on another device than anchors[0]")
+            new_anchors.append(anchor)
+            new_fishers.append(fisher)
+        self._check_loaded_fishers(new_fishers, mode, gamma, num_tasks)
         self.lam, self.mode, self.gamma = lam, mode, gamma
-        self._anchors = [{n: t.detach().clone() for n, t in a.items()} for a in anchors]
-        self._fishers = [{n: t.detach().clone() for n, t in f.items()} for f in fishers]
-        self._num_tasks = int(state["num_tasks"])
+        self._anchors, self._fishers, self._num_tasks = new_anchors, new_fishers, num_tasks
+
+    def _check_loaded_fishers(self, fishers, mode, gamma, num_tasks) -> None:
+        """Hook for subclasses: extra conditions on loaded Fishers (none for EWC)."""
 
 
 class L2Penalty(EWCPenalty):
@@ -362,6 +479,16 @@ class L2Penalty(EWCPenalty):
     >>> pen(net).item()     # (2 / 2) * 3 ** 2
     9.0
     """
+
+    def _check_loaded_fishers(self, fishers, mode, gamma, num_tasks) -> None:
+        """L2's stiffness is 1 per term (separate) or ``sum_{k < T} gamma^k`` (online, T tasks)."""
+        expected = 1.0 if mode == "separate" else sum(gamma ** k for k in range(num_tasks))
+        for t, f in enumerate(fishers):
+            for name, v in f.items():
+                if not torch.allclose(v, torch.full_like(v, expected), rtol=_L2_RTOL, atol=0.0):
+                    raise ValueError(f"fishers[{t}][{name!r}]: an L2Penalty stores the stiffness {expected:.6g} "
+                                     f"everywhere (mode={mode!r}, {num_tasks} task(s)), found values in "
+                                     f"[{float(v.min()):.6g}, {float(v.max()):.6g}]")
 
     def consolidate(self, model: nn.Module, fisher=None) -> None:  # noqa: D102
         if fisher is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -303,3 +304,186 @@ def test_max_curvature_is_largest_hessian_eigenvalue():
         top = float(torch.linalg.eigvalsh(hess).max())
         assert math.isclose(pen.max_curvature(), top, rel_tol=1e-10)
         assert math.isclose(pen.max_curvature(), 4.0 * float(total.max()), rel_tol=1e-12)
+
+
+# ------------------------------------------------------- load_state_dict validation (issue 11)
+def _state(mode="separate", gamma=1.0, tasks=2, cls=EWCPenalty):
+    net = make_net(0)
+    pen = cls(3.0, mode=mode, gamma=gamma)
+    for t in range(tasks):
+        perturb(net, t)
+        pen.consolidate(net) if cls is L2Penalty else pen.consolidate(net, random_fisher(net, t))
+    return pen.state_dict()
+
+
+def _with(state, **changes):
+    out = {k: v for k, v in state.items()}
+    out.update(changes)
+    return out
+
+
+def _term(state, field, t, name, value):
+    terms = [dict(d) for d in state[field]]
+    terms[t][name] = value
+    return _with(state, **{field: terms})
+
+
+def _corrupt_states():
+    s = _state()
+    on = _state("online", 0.5, tasks=2)
+    name = next(iter(s["anchors"][0]))
+    a0 = s["anchors"][0][name]
+    return [
+        ("nan anchor", _term(s, "anchors", 1, name, a0 * float("nan")), ValueError, r"anchors\[1\]\['0.weight'\].*NaN"),
+        ("inf anchor", _term(s, "anchors", 0, name, a0 + float("inf")), ValueError, r"anchors\[0\]"),
+        ("nan fisher", _term(s, "fishers", 0, name, a0 * float("nan")), ValueError, r"fishers\[0\].*NaN"),
+        ("negative fisher", _term(s, "fishers", 1, name, -a0.abs() - 1), ValueError, r"fishers\[1\].*negative"),
+        ("negative num_tasks", _with(s, num_tasks=-1), ValueError, "num_tasks"),
+        ("bool num_tasks", _with(s, num_tasks=True), TypeError, "num_tasks"),
+        ("float num_tasks", _with(s, num_tasks=2.0), TypeError, "num_tasks"),
+        ("num_tasks vs terms (separate)", _with(s, num_tasks=3), ValueError, "num_tasks"),
+        ("online with two terms", _with(on, anchors=s["anchors"], fishers=s["fishers"]), ValueError, "num_tasks"),
+        ("online, no task, one term", _with(on, num_tasks=0), ValueError, "num_tasks"),
+        ("list where a tensor belongs", _term(s, "anchors", 0, name, a0.tolist()), TypeError, r"anchors\[0\]"),
+        ("numpy fisher", _term(s, "fishers", 0, name, a0.numpy()), TypeError, r"fishers\[0\]"),
+        ("anchors not a list", _with(s, anchors=s["anchors"][0]), TypeError, "anchors"),
+        ("fisher term not a dict", _with(s, fishers=[s["fishers"][0], 5]), TypeError, r"fishers\[1\]"),
+        ("a fisher missing", _with(s, fishers=s["fishers"][:1]), ValueError, "fishers"),
+        ("fisher name missing", _term(s, "fishers", 0, "extra", a0), ValueError, r"fishers\[0\]"),
+        ("fisher shape", _term(s, "fishers", 0, name, a0[:1]), ValueError, r"fishers\[0\].*shape"),
+        ("terms with other names", _term(_term(s, "anchors", 1, "extra", a0), "fishers", 1, "extra", a0.abs()),
+         ValueError, r"anchors\[1\].*differ"),
+        ("integer anchor", _term(s, "anchors", 0, name, a0.long()), TypeError, r"anchors\[0\]"),
+        ("empty anchor", _with(s, anchors=[{}, s["anchors"][1]]), ValueError, r"anchors\[0\]"),
+        ("unknown key", _with(s, extra=1), ValueError, "unknown"),
+        ("missing key", {k: v for k, v in s.items() if k != "gamma"}, ValueError, "missing"),
+        ("lam", _with(s, lam=-1.0), ValueError, "lam"),
+        ("mode", _with(s, mode=["online"]), ValueError, "mode"),
+        ("gamma", _with(on, gamma=1.5), ValueError, "gamma"),
+        ("not a dict", [("lam", 1.0)], TypeError, "state"),
+    ]
+
+
+CORRUPT = _corrupt_states()
+
+
+@pytest.mark.parametrize("name,state,exc,field", CORRUPT, ids=[c[0] for c in CORRUPT])
+def test_load_state_dict_refuses_corrupt_state_and_changes_nothing(name, state, exc, field):
+    pen = EWCPenalty(5.0)
+    net = make_net(0)
+    pen.consolidate(net, random_fisher(net, 9))
+    before = pen.state_dict()
+    with pytest.raises(exc, match=field):
+        pen.load_state_dict(state)
+    after = pen.state_dict()
+    assert after["lam"] == before["lam"] and after["num_tasks"] == before["num_tasks"]
+    assert all(torch.equal(a, b) for a, b in zip(flat(after["anchors"][0]), flat(before["anchors"][0])))
+
+
+def test_l2_load_checks_the_unit_stiffness():
+    for mode, gamma, tasks in (("separate", 1.0, 2), ("online", 0.5, 3)):
+        state = _state(mode, gamma, tasks, cls=L2Penalty)
+        other = L2Penalty(1.0)
+        other.load_state_dict(state)  # a genuine L2 state loads
+        assert other.num_tasks == tasks and other.mode == mode
+        bad = _term(state, "fishers", 0, next(iter(state["fishers"][0])),
+                    2.0 * next(iter(state["fishers"][0].values())))
+        with pytest.raises(ValueError, match=r"fishers\[0\].*stiffness"):
+            L2Penalty(1.0).load_state_dict(bad)
+    EWCPenalty(1.0).load_state_dict(_state(cls=L2Penalty))  # any valid Fisher is fine for EWC
+
+
+def test_load_state_dict_accepts_what_state_dict_can_hold():
+    s = _state("online", 0.9, tasks=3)  # three tasks, one online term
+    net = make_net(1)
+    for num_tasks in (3, np.int64(3), torch.tensor(3)):
+        pen = EWCPenalty(1.0)
+        pen.load_state_dict(_with(s, num_tasks=num_tasks, lam=torch.tensor(3.0),
+                                  anchors=tuple(s["anchors"]), fishers=tuple(s["fishers"])))
+        assert pen.num_tasks == 3 and isinstance(pen.num_tasks, int) and pen.lam == 3.0
+        ref = EWCPenalty(1.0)
+        ref.load_state_dict(s)
+        assert pen(net).item() == ref(net).item()
+    empty = EWCPenalty(2.0).state_dict()
+    pen = EWCPenalty(1.0)
+    pen.load_state_dict(empty)
+    assert pen.num_tasks == 0 and pen(net).item() == 0.0
+
+
+def test_consolidate_separate_refuses_a_different_model():
+    pen = EWCPenalty(1.0)
+    pen.consolidate(make_net(0, width=3), random_fisher(make_net(0, width=3), 0))
+    other = make_net(0, width=4)
+    with pytest.raises(ValueError, match="model"):
+        pen.consolidate(other, random_fisher(other, 1))
+    assert pen.num_tasks == 1
+
+
+# ------------------------------------------------------------- .to(device, dtype) (issue 11)
+@pytest.mark.parametrize("mode,gamma", [("separate", 1.0), ("online", 0.7)])
+def test_to_dtype_moves_all_state(mode, gamma):
+    net = make_net(0)
+    pen = EWCPenalty(4.0, mode=mode, gamma=gamma)
+    for t in range(2):
+        perturb(net, t)
+        pen.consolidate(net, random_fisher(net, t))
+    perturb(net, 5)
+    value64 = pen(net).item()
+    assert pen.to(dtype=torch.float32) is pen
+    assert all(t.dtype == torch.float32 for d in pen.anchors + pen.fishers for t in d.values())
+    net32 = net.float()
+    #: float32 penalty of O(1) terms: a few roundings of 1e-7 each
+    assert math.isclose(pen(net32).item(), value64, rel_tol=1e-5)
+    assert pen(net32).dtype == torch.float32
+    # proximal_step uses the moved state (closed form of its docstring, per parameter)
+    before = {n: p.detach().double().clone() for n, p in net32.named_parameters()}
+    pen.proximal_step(net32, np.float64(0.1))
+    step = 0.1 * pen.lam
+    for name, p in net32.named_parameters():
+        stiff = sum(f[name].double() for f in pen.fishers)
+        pull = sum(f[name].double() * a[name].double() for f, a in zip(pen.fishers, pen.anchors))
+        expected = (before[name] + step * pull) / (1 + step * stiff)
+        assert torch.allclose(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_model_on_another_device_is_a_clear_error_and_to_fixes_it():
+    net = make_net(0)
+    pen = EWCPenalty(2.0)
+    pen.consolidate(net, random_fisher(net, 0))
+    meta = make_net(0).to("meta")  # another device, available on every machine
+    for call in (lambda: pen(meta), lambda: pen.proximal_step(meta, 0.1),
+                 lambda: pen.consolidate(meta, {n: torch.ones_like(p) for n, p in meta.named_parameters()})):
+        with pytest.raises(ValueError, match=r"model.*meta.*penalty\.to"):
+            call()
+    assert pen.to("meta") is pen
+    assert all(t.device.type == "meta" for d in pen.anchors + pen.fishers for t in d.values())
+    assert pen(meta).device.type == "meta"
+    pen.proximal_step(meta, 0.1)  # runs on the meta device
+    cpu = EWCPenalty(2.0)
+    cpu.consolidate(net, random_fisher(net, 0))
+    assert cpu.to(torch.device("cpu"), torch.float32).anchors[0]["0.weight"].dtype == torch.float32
+
+
+def test_to_rejects_bad_arguments():
+    pen = EWCPenalty(1.0)
+    with pytest.raises(TypeError, match="dtype"):
+        pen.to(dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype"):
+        pen.to(dtype="float32")
+    with pytest.raises(TypeError, match="device"):
+        pen.to(device=3.5)
+    assert L2Penalty(1.0).to(dtype=torch.float32).num_tasks == 0
+
+
+def test_scalars_as_numpy_and_0d_tensors():
+    net = make_net(0)
+    for lam in (np.float32(2.0), torch.tensor(2.0), np.array(2.0), np.int64(2)):
+        pen = EWCPenalty(lam, mode="online", gamma=torch.tensor(0.5))
+        assert pen.lam == 2.0 and pen.gamma == 0.5
+        pen.consolidate(net, random_fisher(net, 0))
+        perturb(net, 1)
+        pen.proximal_step(net, torch.tensor(0.01))
+    with pytest.raises(TypeError, match="lam"):
+        EWCPenalty(torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="lr"):
+        EWCPenalty(1.0).proximal_step(net, torch.tensor(-1.0))
