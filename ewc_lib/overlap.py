@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["frechet_distance_sq", "fisher_overlap", "layerwise_overlap"]
+__all__ = ["frechet_distance_sq", "fisher_overlap", "layerwise_overlap", "LayerwiseOverlap"]
 
 #: Relative tolerance for "symmetric" and "positive semi-definite" checks of dense inputs
 #: (float64 round-off of matrices built as sums of outer products is far below this).
@@ -178,7 +178,28 @@ def fisher_overlap(f1, f2) -> float:
     return 1.0 - frechet_distance_sq(f1, f2)
 
 
-def layerwise_overlap(fisher1: Mapping, fisher2: Mapping, model: nn.Module) -> list[tuple[str, float]]:
+class LayerwiseOverlap(list):
+    """The list ``[(layer_name, overlap), ...]`` returned by :func:`layerwise_overlap`.
+
+    A plain list of pairs (so ``for name, value in result`` works), with two attributes that
+    say exactly what was compared:
+
+    * ``compared``: dict ``layer_name -> tuple of parameter names`` whose Fisher entries
+      entered that layer's overlap (e.g. only ``("0.bias",)`` when ``0.weight`` is frozen);
+    * ``skipped``: tuple of the names of the ``nn.Linear`` layers left out because neither
+      Fisher has an entry for any of their parameters (frozen layers).
+    """
+
+    def __init__(self, pairs, compared, skipped):
+        super().__init__(pairs)
+        self.compared = dict(compared)
+        self.skipped = tuple(skipped)
+
+    def __repr__(self):
+        return f"LayerwiseOverlap({list(self)!r}, skipped={self.skipped!r})"
+
+
+def layerwise_overlap(fisher1: Mapping, fisher2: Mapping, model: nn.Module) -> LayerwiseOverlap:
     r"""Fisher overlap per ``nn.Linear`` layer of ``model``, input layer first.
 
     For each linear layer the diagonal Fisher entries of its weight and bias (keys
@@ -187,10 +208,17 @@ def layerwise_overlap(fisher1: Mapping, fisher2: Mapping, model: nn.Module) -> l
     :func:`fisher_overlap`: ``overlap_layer = sum_{i in layer} sqrt(f1_hat_i f2_hat_i)``.
     This is the per-depth quantity plotted in the paper's Figure 2C.
 
-    Returns a list of ``(layer_name, overlap)`` in the order of ``model.named_modules()``.
-    Raises ``ValueError`` if a layer's parameters are missing from either dict, if shapes
-    differ, or if a layer's Fisher is identically zero; ``TypeError`` if ``model`` is not an
-    ``nn.Module``.
+    Frozen parameters: :func:`ewc_lib.fisher_diagonal` leaves out parameters with
+    ``requires_grad=False``, so a parameter that has an entry in **neither** dict is skipped;
+    the layer is compared on the parameters both dicts have, and a layer none of whose
+    parameters has an entry is left out. A parameter present in only **one** of the dicts is
+    an error (the two Fishers then belong to different sets of trainable parameters).
+
+    Returns a :class:`LayerwiseOverlap`: the list of ``(layer_name, overlap)`` of the compared
+    layers in the order of ``model.named_modules()``, with ``.compared`` (layer -> the
+    parameter names used) and ``.skipped`` (layers with no entries). Raises ``ValueError`` if
+    a parameter is in one dict only, if shapes differ, if a layer's Fisher is identically
+    zero or if no layer can be compared; ``TypeError`` if ``model`` is not an ``nn.Module``.
 
     >>> import torch
     >>> from ewc_lib.models import mlp
@@ -198,6 +226,11 @@ def layerwise_overlap(fisher1: Mapping, fisher2: Mapping, model: nn.Module) -> l
     >>> f = {n: torch.ones_like(p) for n, p in net.named_parameters()}
     >>> [(name, round(o, 6)) for name, o in layerwise_overlap(f, f, net)]
     [('0', 1.0), ('2', 1.0)]
+    >>> _ = net[0].requires_grad_(False)  # a frozen first layer: its entries are in neither Fisher
+    >>> f = {n: torch.ones_like(p) for n, p in net.named_parameters() if p.requires_grad}
+    >>> result = layerwise_overlap(f, f, net)
+    >>> [name for name, _ in result], result.compared, result.skipped
+    (['2'], {'2': ('2.weight', '2.bias')}, ('0',))
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -205,26 +238,40 @@ def layerwise_overlap(fisher1: Mapping, fisher2: Mapping, model: nn.Module) -> l
         if not isinstance(fisher, Mapping):
             raise TypeError(f"{arg}: expected a dict name -> tensor, got {type(fisher).__name__}")
     params = dict(model.named_parameters())
-    result = []
+    pairs, compared, skipped = [], {}, []
     for layer_name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
             continue
         prefix = f"{layer_name}." if layer_name else ""
         keys = [prefix + p for p, v in (("weight", module.weight), ("bias", module.bias))
-                if v is not None]
+                if v is not None and prefix + p in params]
         sub1, sub2 = {}, {}
         for key in keys:
+            in1, in2 = key in fisher1, key in fisher2
+            if not in1 and not in2:  # frozen: fisher_diagonal leaves it out of both
+                continue
+            if in1 != in2:
+                arg = "fisher1" if not in1 else "fisher2"
+                other = "fisher2" if not in1 else "fisher1"
+                raise ValueError(f"{arg}: no entry {key!r} for linear layer {layer_name!r} ({other} has one)")
             for arg, fisher, sub in (("fisher1", fisher1, sub1), ("fisher2", fisher2, sub2)):
-                if key not in fisher:
-                    raise ValueError(f"{arg}: no entry {key!r} for linear layer {layer_name!r}")
+                if not hasattr(fisher[key], "shape"):
+                    raise TypeError(f"{arg}[{key!r}]: expected a tensor, got {type(fisher[key]).__name__}")
                 if tuple(fisher[key].shape) != tuple(params[key].shape):
                     raise ValueError(f"{arg}[{key!r}]: expected shape {tuple(params[key].shape)}, "
                                      f"got {tuple(fisher[key].shape)}")
                 sub[key] = fisher[key]
+        if not sub1:
+            skipped.append(layer_name)
+            continue
         try:
-            result.append((layer_name, fisher_overlap(sub1, sub2)))
+            pairs.append((layer_name, fisher_overlap(sub1, sub2)))
         except ValueError as err:
             raise ValueError(f"layer {layer_name!r}: {err}") from err
-    if not result:
+        compared[layer_name] = tuple(sub1)
+    if not pairs:
+        if skipped:
+            raise ValueError(f"fisher1, fisher2: no entries for any nn.Linear layer of the model (layers "
+                             f"{skipped} have none in either dict)")
         raise ValueError("model: contains no nn.Linear layer")
-    return result
+    return LayerwiseOverlap(pairs, compared, skipped)

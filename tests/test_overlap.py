@@ -188,3 +188,66 @@ def test_bad_dicts_and_types_raise():
         layerwise_overlap({**f, "2.weight": torch.zeros(2, 2), "2.bias": torch.zeros(2)}, f, net)
     with pytest.raises(TypeError):
         layerwise_overlap(f, f, "not a model")
+
+
+# ------------------------------------------------------------ frozen layers (issue 11, item 7)
+def _manual(f1, f2, keys):
+    a = torch.cat([f1[k].reshape(-1) for k in keys]).double()
+    b = torch.cat([f2[k].reshape(-1) for k in keys]).double()
+    return torch.sqrt(a / a.sum() * b / b.sum()).sum().item()
+
+
+FROZEN = [
+    ("first layer", ["0.weight", "0.bias"], ["2", "4"], ("0",)),
+    ("middle layer", ["2.weight", "2.bias"], ["0", "4"], ("2",)),
+    ("first weight only", ["0.weight"], ["0", "2", "4"], ()),
+    ("last bias only", ["4.bias"], ["0", "2", "4"], ()),
+    ("two layers", ["0.weight", "0.bias", "4.weight", "4.bias"], ["2"], ("0", "4")),
+]
+
+
+@pytest.mark.parametrize("name,frozen,layers,skipped", FROZEN, ids=[f[0] for f in FROZEN])
+def test_layerwise_overlap_of_fisher_diagonals_with_frozen_parameters(name, frozen, layers, skipped):
+    import ewc_lib
+
+    net = mlp([4, 5, 4, 3], seed=0, dtype=torch.float64)
+    for key, p in net.named_parameters():
+        p.requires_grad_(key not in frozen)
+    g = torch.Generator().manual_seed(2)
+    xa, xb = (torch.randn(20, 4, generator=g, dtype=torch.float64) + shift for shift in (0.0, 1.0))
+    f1, f2 = ewc_lib.fisher_diagonal(net, xa), ewc_lib.fisher_diagonal(net, xb)
+    assert not set(frozen) & set(f1)  # fisher_diagonal leaves frozen parameters out
+    result = layerwise_overlap(f1, f2, net)
+    assert isinstance(result, list) and [n for n, _ in result] == layers
+    assert result.skipped == skipped
+    for layer, value in result:
+        keys = [k for k in (f"{layer}.weight", f"{layer}.bias") if k not in frozen]
+        assert result.compared[layer] == tuple(keys)
+        assert value == pytest.approx(_manual(f1, f2, keys), abs=TIGHT)
+        assert 0.0 < value <= 1.0 + TIGHT
+    assert layerwise_overlap(f1, f1, net) == [(n, pytest.approx(1.0, abs=TIGHT)) for n in layers]
+
+
+def test_layerwise_overlap_result_is_the_old_list():
+    net = mlp([5, 4, 3, 2], seed=0)
+    g = torch.Generator().manual_seed(1)
+    f1 = {n: torch.rand(p.shape, generator=g) for n, p in net.named_parameters()}
+    f2 = {n: torch.rand(p.shape, generator=g) for n, p in net.named_parameters()}
+    result = layerwise_overlap(f1, f2, net)
+    assert result == list(result) and len(result) == 3 and result.skipped == ()
+    assert result.compared == {n: (f"{n}.weight", f"{n}.bias") for n in ("0", "2", "4")}
+    assert [o for _, o in result] == [o for _, o in list(result)]
+
+
+def test_layerwise_overlap_entry_in_one_fisher_only_or_none_at_all():
+    net = mlp([3, 2, 2], seed=0)
+    f = {n: torch.ones_like(p) for n, p in net.named_parameters()}
+    without = {k: v for k, v in f.items() if not k.startswith("0.")}
+    with pytest.raises(ValueError, match="fisher1: no entry '0.weight'.*fisher2 has one"):
+        layerwise_overlap(without, f, net)
+    with pytest.raises(ValueError, match="fisher2: no entry '0.weight'"):
+        layerwise_overlap(f, without, net)
+    with pytest.raises(ValueError, match="no entries for any nn.Linear"):
+        layerwise_overlap({}, {}, net)
+    with pytest.raises(TypeError, match=r"fisher1\['0.weight'\]"):
+        layerwise_overlap({**f, "0.weight": [1.0]}, f, net)
