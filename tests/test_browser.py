@@ -109,6 +109,30 @@ def test_prep_questions_every_exercise_has_a_dropdown_solution(checker, book_htm
     assert not not_dropdown, f"solutions not collapsed in a dropdown: {not_dropdown}"
 
 
+_BIBLIOGRAPHY = """() => Array.from(document.querySelectorAll("div.citation[role=doc-biblioentry]"))
+    .map((c) => ({text: c.textContent.replace(/\\s+/g, " ").trim().slice(0, 80),
+                  links: Array.from(c.querySelectorAll("a[href]")).map((a) => a.href)
+                      .filter((h) => /^https?:\\/\\//.test(h))}))"""
+
+
+def test_bibliography_every_entry_links_out(checker, book_html):
+    """Every entry of the bibliography page shows a DOI, arXiv or URL link (issue 13)."""
+    found = {}
+
+    def entries(page, report):
+        found["entries"] = page.evaluate(_BIBLIOGRAPHY)
+
+    _assert_ok(checker.check(book_html / "book" / "bibliography.html", extra=entries))
+    assert len(found["entries"]) >= 30, found
+    unlinked = [e["text"] for e in found["entries"] if not e["links"]]
+    assert not unlinked, f"bibliography entries without a link: {unlinked}"
+    links = {h for e in found["entries"] for h in e["links"]}
+    for expected in ("https://doi.org/10.1073/pnas.1611835114", "https://arxiv.org/abs/1612.00796",
+                     "https://arxiv.org/abs/1905.12558",
+                     "https://github.com/fKunstner/limitations-empirical-fisher"):
+        assert expected in links, f"{expected} not linked from the bibliography"
+
+
 # --------------------------------------------------------------------------- the checker fails
 TINY_PAGE = r"""# Tiny
 
