@@ -534,3 +534,32 @@ def test_dense_functions_refuse_huge_models_and_hessian_chunking():
     assert_close(ewc_lib.ggn(model, x, batch_size=3), ewc_lib.ggn(model, x), what="ggn chunks")
     assert_close(ewc_lib.expected_hessian(model, x, batch_size=4), ewc_lib.expected_hessian(model, x),
                  what="expected_hessian chunks")
+
+
+@pytest.mark.parametrize("estimator", ["exact", "mc", "empirical"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_fast_path_skips_all_zero_input_features_exactly(activation, estimator):
+    # inputs with 5 of 8 features zero in every example, and (ReLU) hidden units dead for every
+    # example: those columns are left out of the fast path's products; the numbers must not move
+    model = ewc_lib.mlp([8, 6, 5, 3], activation=activation, seed=4, dtype=torch.float64)
+    with torch.no_grad():
+        model[0].bias[:3] = -50.0  # ReLU: three hidden units are zero for every example
+    x = torch.randn(9, 8, generator=gen(8), dtype=torch.float64)
+    x[:, [0, 2, 3, 5, 7]] = 0.0
+    y = torch.randint(0, 3, (9,), generator=gen(9))
+    kw = dict(estimator=estimator, targets=y, num_samples=2, batch_size=4)
+    d = ewc_lib.fisher_diagonal(model, x, generator=gen(1), **kw)
+    assert torch.equal(d["0.weight"][:, [0, 2, 3, 5, 7]], torch.zeros(6, 5, dtype=torch.float64))
+    saved = curvature.ZERO_FEATURES_MIN_FRACTION
+    curvature.ZERO_FEATURES_MIN_FRACTION = 2.0  # never skip
+    try:
+        dense = ewc_lib.fisher_diagonal(model, x, generator=gen(1), **kw)
+    finally:
+        curvature.ZERO_FEATURES_MIN_FRACTION = saved
+    sampled = ewc_lib.sample_targets(model, x, num_samples=2, generator=gen(1))
+    ref = reference.fisher_diagonal_loop(model, x, estimator=estimator, targets=y, sampled_targets=sampled)
+    assert_close(flatten_params(d), flatten_params(ref), what=f"{activation}/{estimator}: skipping vs loop")
+    assert_close(flatten_params(d), flatten_params(dense), what=f"{activation}/{estimator}: skipping vs dense")
+    assert curvature._nonzero_features(x).tolist() == [1, 4, 6]
+    assert curvature._nonzero_features(x.abs(), nonnegative=True).tolist() == [1, 4, 6]
+    assert curvature._nonzero_features(torch.ones(3, 8, dtype=torch.float64)) is None  # nothing to skip
