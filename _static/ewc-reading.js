@@ -10,10 +10,13 @@
   const SELECTOR = 'div.math mjx-container[display="true"], span.math > mjx-container[display="true"], ' +
       "span.math";
 
+  // A few pixels of overflow are the italic overhang of the last glyph, not more formula.
+  const SLACK = 4;
+
   function update(box) {
     const room = box.scrollWidth - box.clientWidth;
-    box.classList.toggle("ewc-more-left", room > 1 && box.scrollLeft > 1);
-    box.classList.toggle("ewc-more-right", room > 1 && box.scrollLeft < room - 1);
+    box.classList.toggle("ewc-more-left", room > SLACK && box.scrollLeft > 1);
+    box.classList.toggle("ewc-more-right", room > SLACK && box.scrollLeft < room - 1);
   }
 
   function watch() {

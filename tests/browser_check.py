@@ -16,7 +16,8 @@ present, and for every image to finish loading, then reports:
 * ``page error``: an uncaught JavaScript exception; ``console error``: ``console.error``;
 * ``math not typeset``: an element Sphinx marks as math (``span.math``/``div.math``, also
   myst-nb's ``text/latex`` outputs) that contains no ``mjx-container``, or raw ``\\(``,
-  ``\\[`` or ``$$`` left in the visible text outside code blocks;
+  ``\\[``, ``$$`` or a TeX command such as ``\\lambda`` left in the visible text outside
+  code blocks (for example a section title with math quoted as the text of a link);
 * ``math error``: an ``mjx-merror`` element (a TeX error MathJax rendered in red);
 * ``broken image``: an ``<img>`` whose ``naturalWidth`` is 0 after loading.
 
@@ -105,6 +106,10 @@ _INSPECT = r"""
     let i = text.indexOf(token);
     if (i >= 0) raw.push(token + " in: " + text.slice(Math.max(0, i - 40), i + 60).replace(/\s+/g, " "));
   }
+  // a TeX command outside math and code (e.g. a section title with math, quoted as link text)
+  const cmd = /\\(?:[A-Za-z]{2,})/.exec(text);
+  if (cmd) raw.push(cmd[0] + " in: " + text.slice(Math.max(0, cmd.index - 40), cmd.index + 60)
+      .replace(/\s+/g, " "));
   return {
     mathElements: mathEls.length,
     containers: document.querySelectorAll("mjx-container").length,
@@ -122,6 +127,7 @@ _NEXT_FRAMES = """() => new Promise((done) =>
 _LAYOUT = r"""
 (mode) => {
   const TOL = 1;  // px of rounding slack
+  const INLINE_SLACK = 4;  // px: italic overhang of an inline formula (as in ewc-reading.js)
   const article = document.querySelector("article.bd-article") || document.querySelector("main")
       || document.body || document.documentElement;
   const vw = document.documentElement.clientWidth;
@@ -160,7 +166,7 @@ _LAYOUT = r"""
   }
   //    inline formulas (span.math) may scroll inside the line, visibly, where they do not fit
   for (const m of article.querySelectorAll("span.math")) {
-    if (m.scrollWidth - m.clientWidth > TOL && !visiblyScrollable(m)) {
+    if (m.scrollWidth - m.clientWidth > INLINE_SLACK && !visiblyScrollable(m)) {
       out.eqUnscrollable.push("inline formula " + snippet(m) +
           ` (${Math.round(m.scrollWidth)} px in ${Math.round(m.clientWidth)} px)`);
     }
@@ -376,7 +382,7 @@ class BrowserChecker:
                     f"element(s) have no mjx-container (MathJax {report.mathjax}); first: "
                     f"{info['untypeset'][0]}")
             for t in info["rawTex"]:
-                report.problems.append(f"math not typeset: raw TeX delimiter {t}")
+                report.problems.append(f"math not typeset: raw TeX {t}")
             for m in info["merrors"]:
                 report.problems.append(f"math error (mjx-merror): {m}")
             for src in info["brokenImages"]:
