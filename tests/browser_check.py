@@ -429,6 +429,36 @@ class BrowserChecker:
         problems += [f"code line wider than its block at {n} px: {x}" for x in phone["codeOverflow"]]
         problems += [f"cut off at {n} px: {x}" for x in phone["cutOff"]]
 
+    def search(self, query: str) -> tuple:
+        """Run the book's search page for ``query`` from ``file://``; return its
+        :class:`PageReport` and what it listed: ``{"results": n, "excerpts": n}``."""
+        found = {}
+        search_page = self.html_root / "search.html"
+
+        def run(page, report):
+            page.goto(search_page.as_uri() + "?q=" + urllib.parse.quote_plus(query),
+                      wait_until="load")
+            try:
+                page.wait_for_function(_SEARCH_DONE, timeout=self.timeout_ms)
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                report.problems.append(f"search for {query!r} did not finish: {exc}")
+            page.wait_for_timeout(500)  # excerpts arrive after the list
+            found.update(page.evaluate(_SEARCH_RESULTS))
+
+        report = self.check(search_page, extra=run)
+        return report, found
+
+
+_SEARCH_DONE = """() => {
+  const status = document.querySelector("#search-results p.search-summary, #search-results p");
+  return document.querySelectorAll("#search-results ul.search li").length > 0
+      || (status && /did not match|found/i.test(status.textContent));
+}"""
+_SEARCH_RESULTS = """() => ({
+  results: document.querySelectorAll("#search-results ul.search li").length,
+  excerpts: document.querySelectorAll("#search-results ul.search li .context").length,
+})"""
+
 
 def check_pages(html_root, pages=None, **kwargs) -> list[PageReport]:
     """Check ``pages`` (default: every content page of ``html_root``)."""

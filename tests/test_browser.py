@@ -133,6 +133,14 @@ def test_bibliography_every_entry_links_out(checker, book_html):
         assert expected in links, f"{expected} not linked from the bibliography"
 
 
+def test_search_shows_excerpts_offline(checker):
+    """Search from file:// lists pages WITH an excerpt each (_ext/offline_search.py)."""
+    report, found = checker.search("empirical Fisher")
+    _assert_ok(report)
+    assert found.get("results", 0) >= 3, found
+    assert found["excerpts"] == found["results"], found
+
+
 # --------------------------------------------------------------------------- the checker fails
 TINY_PAGE = r"""# Tiny
 
@@ -188,8 +196,9 @@ def _tiny_book(folder: pathlib.Path, config_text: str) -> pathlib.Path:
     (folder / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
     (folder / "intro.md").write_text(TINY_PAGE)
     shutil.copy(ROOT / "references.bib", folder / "references.bib")
-    if (ROOT / "_static").is_dir():  # the repository's CSS (picked up by Jupyter Book)
-        shutil.copytree(ROOT / "_static", folder / "_static")
+    for extra in ("_static", "_ext"):  # the repository's CSS/JS and its Sphinx extension
+        if (ROOT / extra).is_dir():
+            shutil.copytree(ROOT / extra, folder / extra)
     fig = plt.figure(figsize=(1.5, 1.0))
     plt.plot([0, 1], [0, 1])
     fig.savefig(folder / "plot.png")
@@ -283,6 +292,19 @@ def test_checker_fails_on_injected_fault(tiny_repo_config_html, tmp_path, chromi
     with BrowserChecker(html, browser=chromium) as c:
         report = c.check(page)
     assert any(expected in p for p in report.problems), report.summary()
+
+
+def test_search_excerpts_need_the_offline_texts(tiny_repo_config_html, tmp_path, chromium):
+    """Without ewc-search-texts.js the tiny book's search lists its page but no excerpt
+    (the browser refuses fetch() from file://); with it, the excerpt is there."""
+    with BrowserChecker(tiny_repo_config_html, browser=chromium) as c:
+        _, found = c.search("display equation")
+    assert found == {"results": 1, "excerpts": 1}, found
+    html = _broken_copy(tiny_repo_config_html, tmp_path)
+    (html / "_static" / "ewc-search-texts.js").write_text("window.EWC_SEARCH_TEXTS = {};\n")
+    with BrowserChecker(html, browser=chromium) as c:
+        _, found = c.search("display equation")
+    assert found["results"] == 1 and found["excerpts"] == 0, found
 
 
 def test_checker_refuses_files_outside_the_build(tiny_repo_config_html, tmp_path, chromium):
