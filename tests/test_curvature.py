@@ -539,11 +539,12 @@ def test_dense_functions_refuse_huge_models_and_hessian_chunking():
 @pytest.mark.parametrize("estimator", ["exact", "mc", "empirical"])
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_fast_path_skips_all_zero_input_features_exactly(activation, estimator):
-    # inputs with 5 of 8 features zero in every example, and (ReLU) hidden units dead for every
-    # example: those columns are left out of the fast path's products; the numbers must not move
+    # inputs with 5 of 8 features zero in every example (and, for ReLU, hidden units dead for
+    # every example): the zero input columns are left out of the fast path's first-layer
+    # products; the numbers must not move
     model = ewc_lib.mlp([8, 6, 5, 3], activation=activation, seed=4, dtype=torch.float64)
     with torch.no_grad():
-        model[0].bias[:3] = -50.0  # ReLU: three hidden units are zero for every example
+        model[0].bias[:3] = -50.0
     x = torch.randn(9, 8, generator=gen(8), dtype=torch.float64)
     x[:, [0, 2, 3, 5, 7]] = 0.0
     y = torch.randint(0, 3, (9,), generator=gen(9))
@@ -561,5 +562,5 @@ def test_fast_path_skips_all_zero_input_features_exactly(activation, estimator):
     assert_close(flatten_params(d), flatten_params(ref), what=f"{activation}/{estimator}: skipping vs loop")
     assert_close(flatten_params(d), flatten_params(dense), what=f"{activation}/{estimator}: skipping vs dense")
     assert curvature._nonzero_features(x).tolist() == [1, 4, 6]
-    assert curvature._nonzero_features(x.abs(), nonnegative=True).tolist() == [1, 4, 6]
+    assert curvature._nonzero_features(-x.abs()).tolist() == [1, 4, 6]  # negative entries count too
     assert curvature._nonzero_features(torch.ones(3, 8, dtype=torch.float64)) is None  # nothing to skip
