@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JB := $(BIN)/jupyter-book
 
-.PHONY: book test install bench lab clean clean-all unit paper-scale paper-scale-notebooks
+.PHONY: book pdf serve test install bench lab clean clean-all unit paper-scale paper-scale-notebooks
 
 $(STAMP): requirements.txt requirements-bench.txt pyproject.toml tools/jupyterlab-overrides.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,24 @@ book: $(STAMP)
 	$(JB) build --keep-going -W -n .
 	@echo "Book built: file://$(CURDIR)/_build/html/index.html"
 
+# The whole book as one PDF, printed by headless Chromium from the single-page HTML build
+# (tests/book_pdf.py says why Chromium and not LaTeX): _build/pdf/book.pdf.
+pdf: $(STAMP)
+	bash tests/ensure_browser.sh
+	bash tests/ensure_pdf_tools.sh
+	$(BIN)/python tests/book_pdf.py
+	@echo "PDF: $(CURDIR)/_build/pdf/book.pdf"
+
+# The built book over http://127.0.0.1:8000, for readers who prefer a server to file://
+# (everything, search excerpts included, also works from file://). Build first: `make book`.
+serve:
+	@test -f _build/html/index.html || { echo "no _build/html: run 'make book' first"; exit 1; }
+	@echo "Serving the book at http://127.0.0.1:8000/ (Ctrl-C stops it)"
+	$(BIN)/python -m http.server --directory _build/html --bind 127.0.0.1 8000
+
 test: $(STAMP)
 	bash tests/ensure_browser.sh
+	bash tests/ensure_pdf_tools.sh
 	$(BIN)/python -m pytest -ra --durations=25
 
 unit: $(STAMP)

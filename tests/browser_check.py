@@ -122,8 +122,8 @@ _INSPECT = r"""
 _NEXT_FRAMES = """() => new Promise((done) =>
     requestAnimationFrame(() => requestAnimationFrame(() => done(true))))"""
 
-# Layout measurement, run at each width (argument "desktop" or "phone"). Returns counts and
-# one line per offending element.
+# Layout measurement, run at each width (argument "desktop", "phone" or "print"). Returns
+# counts and one line per offending element.
 _LAYOUT = r"""
 (mode) => {
   const TOL = 1;  // px of rounding slack
@@ -209,9 +209,10 @@ _LAYOUT = r"""
       }
     }
   };
+  // desktop: nothing may leave the article column; phone and print: nothing may leave the window
   const a = article.getBoundingClientRect();
-  walk(article, mode === "phone" ? vw : a.right, mode === "phone" ? 0 : a.left,
-       mode === "phone" ? "window" : "article");
+  const inWindow = mode !== "desktop";
+  walk(article, inWindow ? vw : a.right, inWindow ? 0 : a.left, inWindow ? "window" : "article");
   out.pageWidth = Math.max(document.documentElement.scrollWidth,
                           document.body ? document.body.scrollWidth : 0);
   return out;
