@@ -345,8 +345,10 @@ def run_fig2a(seed: int, method: str, lam: float, progress=True) -> dict:
     ck = _Checkpoint()
     hist = _train("fig2a", cfg, _net(cfg, seed), _tasks("fig2a", cfg, seed), method, lam, seed,
                   callback=ck, progress=progress)
-    curves = {str(j): [hist.curve(j)[0].tolist(), hist.curve(j)[1].round(5).tolist()]
-              for j in range(cfg["tasks"])}
+    curves = {}
+    for j in range(cfg["tasks"]):
+        steps, acc = hist.curve(j)
+        curves[str(j)] = [steps.tolist(), acc.round(5).tolist()]
     return _run_entry(hist, seed, ck.value, method=method, lam=lam, curves=curves,
                       task_boundaries=hist.task_boundaries)
 
