@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_int
 from .curvature import fisher_diagonal
 from .penalty import EWCPenalty, L2Penalty
 from .progress import progress_bar
@@ -121,15 +122,6 @@ class ContinualHistory:
         """Entry ``t``: mean test accuracy over tasks ``0..t``, measured at the end of task ``t``."""
         R = self.accuracy_matrix()
         return np.array([R[t, : t + 1].mean() for t in range(self.num_tasks)])
-
-
-def _check_int(name, value, *, minimum=1, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        expected = f"an int >= {minimum}" + (" or None" if allow_none else "")
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
-    return int(value)
 
 
 def _check_tasks(tasks):
@@ -300,18 +292,18 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
                          "use method='l2' or 'ewc'")
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
-    epochs_per_task = _check_int("epochs_per_task", epochs_per_task)
-    batch_size = _check_int("batch_size", batch_size)
-    fisher_num_examples = _check_int("fisher_num_examples", fisher_num_examples, allow_none=True)
-    fisher_batch_size = _check_int("fisher_batch_size", fisher_batch_size, allow_none=True)
-    eval_every = _check_int("eval_every", eval_every, allow_none=True)
-    eval_num_examples = _check_int("eval_num_examples", eval_num_examples, allow_none=True)
-    seed = _check_int("seed", seed, minimum=0)
+    epochs_per_task = check_int("epochs_per_task", epochs_per_task)
+    batch_size = check_int("batch_size", batch_size)
+    fisher_num_examples = check_int("fisher_num_examples", fisher_num_examples, allow_none=True)
+    fisher_batch_size = check_int("fisher_batch_size", fisher_batch_size, allow_none=True)
+    eval_every = check_int("eval_every", eval_every, allow_none=True)
+    eval_num_examples = check_int("eval_num_examples", eval_num_examples, allow_none=True)
+    seed = check_int("seed", seed, minimum=0)
     if fisher_estimator not in _ESTIMATORS:
         raise ValueError(f"fisher_estimator: expected one of {_ESTIMATORS}, got {fisher_estimator!r}")
     if penalty_step not in _PENALTY_STEPS:
         raise ValueError(f"penalty_step: expected one of {_PENALTY_STEPS}, got {penalty_step!r}")
-    early_stopping = _check_int("early_stopping", early_stopping, allow_none=True)
+    early_stopping = check_int("early_stopping", early_stopping, allow_none=True)
     if early_stopping is not None:
         _check_validation_splits(tasks)
     if callback is not None and not callable(callback):

@@ -23,6 +23,8 @@ import pathlib
 import zipfile
 import numpy as np
 
+from ._checks import check_int
+
 __all__ = [
     "DEFAULT_PATH",
     "MNIST_SHA256",
@@ -169,13 +171,6 @@ def as_tensors(images, labels, *, dtype=None):
     return x, y
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-
-
 def task_permutations(num_tasks: int, seed: int, *, identity_first: bool = True,
                       num_pixels: int = NUM_PIXELS) -> list[np.ndarray]:
     """Fixed pixel permutations, one per permuted-MNIST task.
@@ -189,9 +184,9 @@ def task_permutations(num_tasks: int, seed: int, *, identity_first: bool = True,
     >>> len(p), bool((p[0] == range(784)).all())
     (3, True)
     """
-    _check_int("num_tasks", num_tasks, 1)
-    _check_int("seed", seed, 0)
-    _check_int("num_pixels", num_pixels, 1)
+    check_int("num_tasks", num_tasks, minimum=1)
+    check_int("seed", seed, minimum=0)
+    check_int("num_pixels", num_pixels, minimum=1)
     rng = np.random.default_rng(seed)
     perms = []
     for t in range(num_tasks):
@@ -213,9 +208,9 @@ def centre_square_permutation(size: int, seed: int, *, image_side: int = IMAGE_S
     >>> int((perm != range(784)).sum()) <= 64
     True
     """
-    _check_int("size", size, 1)
-    _check_int("seed", seed, 0)
-    _check_int("image_side", image_side, 1)
+    check_int("size", size, minimum=1)
+    check_int("seed", seed, minimum=0)
+    check_int("image_side", image_side, minimum=1)
     if size > image_side:
         raise ValueError(f"size: expected at most image_side={image_side}, got {size}")
     o = (image_side - size) // 2

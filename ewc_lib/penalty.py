@@ -53,6 +53,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ._checks import plain_number, trainable_parameters
+
 __all__ = ["EWCPenalty", "L2Penalty"]
 
 _MODES = ("separate", "online")
@@ -62,17 +64,8 @@ _STATE_KEYS = ("lam", "mode", "gamma", "num_tasks", "anchors", "fishers")
 _L2_RTOL = 1e-5
 
 
-def _plain(value):
-    """0-d tensors and 0-d numpy arrays -> the Python number they hold (numpy scalars are Real)."""
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
-        return value.item()
-    if hasattr(value, "ndim") and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return value.item()
-    return value
-
-
 def _check_lam(lam) -> float:
-    lam = _plain(lam)
+    lam = plain_number(lam)
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise TypeError(f"lam: expected a real number, got {type(lam).__name__}")
     lam = float(lam)
@@ -84,7 +77,7 @@ def _check_lam(lam) -> float:
 def _check_mode_gamma(mode, gamma) -> tuple[str, float]:
     if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
-    gamma = _plain(gamma)
+    gamma = plain_number(gamma)
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
         raise TypeError(f"gamma: expected a real number in (0, 1], got {type(gamma).__name__}")
     gamma = float(gamma)
@@ -99,12 +92,7 @@ def _check_mode_gamma(mode, gamma) -> tuple[str, float]:
 
 
 def _trainable(model) -> dict[str, torch.Tensor]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if not params:
-        raise ValueError("model: it has no trainable parameters to consolidate")
-    return params
+    return dict(trainable_parameters(model, purpose="to consolidate"))
 
 
 def _check_fisher(fisher, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -321,7 +309,7 @@ class EWCPenalty:
         >>> abs(net.weight.item() - anchor) < 1e-4   # pulled back, not thrown out
         True
         """
-        lr = _plain(lr)
+        lr = plain_number(lr)
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
                 math.isfinite(float(lr)) and float(lr) > 0):
             raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
@@ -402,7 +390,7 @@ class EWCPenalty:
             raise ValueError(f"state: unknown keys {unknown}; expected {list(_STATE_KEYS)}")
         lam = _check_lam(state["lam"])
         mode, gamma = _check_mode_gamma(state["mode"], state["gamma"])
-        num_tasks = _plain(state["num_tasks"])
+        num_tasks = plain_number(state["num_tasks"])
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, numbers.Integral):
             raise TypeError(f"num_tasks: expected an int >= 0, got {type(state['num_tasks']).__name__}")
         num_tasks = int(num_tasks)

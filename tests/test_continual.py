@@ -208,7 +208,7 @@ def test_evaluate_accuracy():
     (dict(lr=0.0), ValueError, "lr"),
     (dict(lr=float("inf")), ValueError, "lr"),
     (dict(epochs_per_task=0), ValueError, "epochs_per_task"),
-    (dict(batch_size=1.5), ValueError, "batch_size"),
+    (dict(batch_size=1.5), TypeError, "batch_size"),
     (dict(eval_every=0), ValueError, "eval_every"),
     (dict(eval_num_examples=-3), ValueError, "eval_num_examples"),
     (dict(fisher_num_examples=0), ValueError, "fisher_num_examples"),

@@ -14,6 +14,7 @@ from torch import nn
 
 import ewc_lib
 from ewc_lib import curvature, reference
+from ewc_lib.curvature import fast_mlp, likelihoods
 from ewc_lib.curvature import flatten_params
 
 from cases import (CASES, CATEGORICAL, EXACT_RTOL, GAUSSIAN, Case, Wrapped, assert_close, layer_zoo, make,
@@ -79,7 +80,7 @@ def test_matrix_against_reference_loop(case, estimator):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_fast_path_equals_generic_path(case, estimator):
     model, x, y = make(case)
-    assert curvature._fast_plan(model) is not None and curvature._fast_plan(Wrapped(model)) is None
+    assert fast_mlp._fast_plan(model) is not None and fast_mlp._fast_plan(Wrapped(model)) is None
     fast = ewc_lib.fisher_diagonal(model, x, **options(case, estimator, y))
     generic = ewc_lib.fisher_diagonal(Wrapped(model), x, **options(case, estimator, y))
     assert_close(flatten_params(fast), flatten_params(generic), what=f"{case}/{estimator}: fast vs generic")
@@ -88,7 +89,7 @@ def test_fast_path_equals_generic_path(case, estimator):
 @pytest.mark.parametrize("name,model,shape", layer_zoo(), ids=[z[0] for z in layer_zoo()])
 @pytest.mark.parametrize("estimator", ["exact", "mc", "empirical"])
 def test_fast_path_every_layer_type_against_reference(name, model, shape, estimator):
-    assert curvature._fast_plan(model) is not None, f"{name} should take the fast path"
+    assert fast_mlp._fast_plan(model) is not None, f"{name} should take the fast path"
     x = torch.randn(7, *shape, generator=gen(3), dtype=torch.float64)
     y = torch.randint(0, 3, (7,), generator=gen(4))
     model.train()  # dropout must be switched off by the library and the mode restored
@@ -481,7 +482,7 @@ def test_cholesky_factor_of_the_softmax_hessian_including_saturated_outputs():
     f = torch.cat([torch.randn(20, 5, generator=gen(11), dtype=torch.float64) * 3,
                    torch.tensor([[800.0, 0, 0, 0, 0], [0, 0, 0, 0, 800.0], [0, 800.0, 800.0, 0, 0]],
                                 dtype=torch.float64)])  # p exactly one-hot / two-hot (underflow)
-    v = curvature._cholesky_output_hessian(f)
+    v = likelihoods._cholesky_output_hessian(f)
     assert v.shape == (23, 4, 5) and torch.isfinite(v).all()
     p = torch.softmax(f, -1)
     lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
@@ -491,7 +492,7 @@ def test_cholesky_factor_of_the_softmax_hessian_including_saturated_outputs():
 def test_docstring_examples_run():
     import doctest
 
-    for module in (curvature, reference):
+    for module in (curvature.fisher, curvature.fast_mlp, curvature.second_order, curvature.params, reference):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, f"{module.__name__}: {result}"
 
@@ -500,7 +501,7 @@ def test_generic_path_model_with_batchnorm_left_untouched():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3)).double()
     model[1].running_mean.normal_()
-    assert curvature._fast_plan(model) is None
+    assert fast_mlp._fast_plan(model) is None
     x = make_inputs(CASES[0])
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
@@ -561,6 +562,6 @@ def test_fast_path_skips_all_zero_input_features_exactly(activation, estimator):
     ref = reference.fisher_diagonal_loop(model, x, estimator=estimator, targets=y, sampled_targets=sampled)
     assert_close(flatten_params(d), flatten_params(ref), what=f"{activation}/{estimator}: skipping vs loop")
     assert_close(flatten_params(d), flatten_params(dense), what=f"{activation}/{estimator}: skipping vs dense")
-    assert curvature._nonzero_features(x).tolist() == [1, 4, 6]
-    assert curvature._nonzero_features(-x.abs()).tolist() == [1, 4, 6]  # negative entries count too
-    assert curvature._nonzero_features(torch.ones(3, 8, dtype=torch.float64)) is None  # nothing to skip
+    assert fast_mlp._nonzero_features(x).tolist() == [1, 4, 6]
+    assert fast_mlp._nonzero_features(-x.abs()).tolist() == [1, 4, 6]  # negative entries count too
+    assert fast_mlp._nonzero_features(torch.ones(3, 8, dtype=torch.float64)) is None  # nothing to skip

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 import ewc_lib
-from ewc_lib import curvature, reference
+from ewc_lib import reference
+from ewc_lib.curvature import likelihoods
 from ewc_lib.curvature import flatten_params
 
 from cases import EXACT_RTOL, Wrapped, assert_close, gen
@@ -65,8 +66,8 @@ def all_orders(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_factors_of_the_softmax_hessian_for_extreme_logits(dtype, factor):
     for f in all_orders(dtype):
-        v = (curvature._cholesky_output_hessian(f) if factor == "cholesky"
-             else curvature._sqrt_output_hessian(f, "categorical", 1.0))
+        v = (likelihoods._cholesky_output_hessian(f) if factor == "cholesky"
+             else likelihoods._sqrt_output_hessian(f, "categorical", 1.0))
         assert v.dtype == dtype and torch.isfinite(v).all(), f"{factor}: non-finite factor for {f}"
         got = v.double().transpose(1, 2) @ v.double()
         lam = exact_lambda(f)
@@ -84,13 +85,13 @@ def test_factors_of_the_softmax_hessian_for_extreme_logits(dtype, factor):
 
 def test_the_issue_example_and_zero_probabilities():
     f = torch.tensor([[0.0, -13.8, -89.8]])  # float32; p_3 = 1e-39 is subnormal
-    v = curvature._cholesky_output_hessian(f)
+    v = likelihoods._cholesky_output_hessian(f)
     assert torch.isfinite(v).all()
     p = torch.softmax(f, -1)
     assert 0 < p[0, 2] < torch.finfo(torch.float32).tiny  # really subnormal
     f = torch.tensor([[0.0, -1e4, -2e4, 5.0]], dtype=torch.float64)  # exact zeros
     assert (torch.softmax(f, -1) == 0).sum() == 2
-    v = curvature._cholesky_output_hessian(f)
+    v = likelihoods._cholesky_output_hessian(f)
     assert torch.isfinite(v).all()
     assert_close(v.transpose(1, 2) @ v, exact_lambda(f), what="zero probabilities")
 

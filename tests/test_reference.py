@@ -116,6 +116,30 @@ def test_reference_is_independent_of_the_curvature_module():
     assert not any("curvature" in (m or "") for m in imported), imported
 
 
+def test_reference_imports_nothing_private_from_the_library():
+    """The oracle does its own checks and writes its own likelihoods: from ``ewc_lib`` (the code
+    it judges) it may import only public names of public modules, and nothing from curvature."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(reference))
+    offending = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            internal = node.level > 0 or module.split(".")[0] == "ewc_lib"
+            if internal and (any(part.startswith("_") for part in module.split(".") if part)
+                             or "curvature" in module
+                             or any(a.name.startswith("_") or a.name == "curvature" for a in node.names)):
+                offending.append(ast.unparse(node))
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == "ewc_lib" and (any(p.startswith("_") for p in parts) or "curvature" in parts):
+                    offending.append(ast.unparse(node))
+    assert not offending, f"ewc_lib.reference imports private or judged code: {offending}"
+
+
 @pytest.mark.parametrize("gap", [20.0, 40.0, 300.0, 800.0])
 def test_scores_are_accurate_when_a_probability_rounds_to_one(gap):
     # logits (gap, 0, -1): p_0 = 1 - (e^-gap + e^-(gap+1)) / (1 + ...); the score of the likely

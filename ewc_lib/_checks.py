@@ -1,0 +1,104 @@
+"""Argument checks shared by every module of ``ewc_lib``: one module, one error style.
+
+Every message reads ``"<argument>: expected <what>, got <what was passed>"``. A value of the
+wrong *type* raises ``TypeError``; a value of the right type outside its range raises
+``ValueError``. Numbers may be Python, numpy or 0-d tensor scalars.
+
+>>> check_int("epochs", 3)
+3
+>>> check_int("seed", -1, minimum=0)
+Traceback (most recent call last):
+...
+ValueError: seed: expected an int >= 0, got -1
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "plain_number",
+    "describe",
+    "check_choice",
+    "check_int",
+    "check_positive_float",
+    "trainable_parameters",
+]
+
+
+def plain_number(value):
+    """numpy scalars, 0-d numpy arrays and 0-d tensors -> the Python number they hold; else ``value``."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def describe(value) -> str:
+    """A short description of ``value`` for an error message (type, and shape and dtype of arrays)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_choice(name: str, value, choices) -> str:
+    """``value`` if it is one of the strings ``choices``, else ``ValueError``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_int(name: str, value, *, minimum: int = 1, allow_none: bool = False):
+    """An int ``>= minimum`` (Python, numpy or 0-d integer tensor), returned as a Python int.
+
+    ``None`` passes (and is returned) when ``allow_none``. Booleans are not integers here.
+    """
+    if value is None and allow_none:
+        return None
+    number = plain_number(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral):
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise TypeError(f"{name}: expected {kind}{' or None' if allow_none else ''} (Python, numpy or a 0-d "
+                        f"integer tensor), got {describe(value)}")
+    if number < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {number}")
+    return int(number)
+
+
+def check_positive_float(name: str, value) -> float:
+    """A finite real number > 0 (Python, numpy or 0-d real tensor), returned as a Python float."""
+    number = plain_number(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise TypeError(f"{name}: expected a finite real number > 0 (Python, numpy or a 0-d tensor), got "
+                        f"{describe(value)}")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name}: expected a finite float > 0, got {number!r}")
+    return float(number)
+
+
+def trainable_parameters(model, *, purpose: str = "") -> list[tuple[str, torch.Tensor]]:
+    """``[(name, parameter)]`` of the parameters of ``model`` with ``requires_grad=True``.
+
+    In ``model.named_parameters()`` order. ``TypeError`` unless ``model`` is an
+    ``nn.Module``; ``ValueError`` if it has no trainable parameter (``purpose`` completes the
+    message: "... found none <purpose>") or one created under ``torch.inference_mode()``
+    (such a tensor cannot be differentiated).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError(f"model: expected at least one parameter with requires_grad=True, found none"
+                         f"{' ' + purpose if purpose else ''}")
+    for n, p in named:
+        if p.is_inference():
+            raise ValueError(f"model: parameter {n!r} was created under torch.inference_mode() and cannot be "
+                             f"differentiated; build the model outside inference mode (or load its state_dict "
+                             f"into one built outside)")
+    return named
