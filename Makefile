@@ -50,8 +50,13 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/fisher_speed.py
 
+# JupyterLab on the notebooks, in class mode (EWC_CLASS=1: projector figure style, widget
+# progress bars, claims reported rather than asserted), without news pop-ups or update checks
+# (tools/jupyter_lab_config.py); --allow-root when run as root. Prints the URL to open.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	@echo "Starting JupyterLab on notebooks/ (class mode); open the http://127.0.0.1:... URL it prints."
+	EWC_CLASS=1 $(BIN)/jupyter lab --config=tools/jupyter_lab_config.py \
+	  $$(test "$$(id -u)" = 0 && echo --allow-root) notebooks/
 
 # The recorded experiments at the paper's settings (Table S1): Figures 2A, 2C, 2B, seeds 0-2,
 # written to results/*.json as each run finishes (resumable; hours of CPU). See
