@@ -26,7 +26,8 @@ import dataclasses
 import math
 import numbers
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

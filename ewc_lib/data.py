@@ -21,6 +21,7 @@ import hashlib
 import os
 import pathlib
 import zipfile
+
 import numpy as np
 
 from ._checks import check_int

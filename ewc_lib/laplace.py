@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -198,7 +198,8 @@ class LaplaceGaussian:
 
     @property
     def log_normaliser(self) -> float:
-        r"""Laplace estimate of :math:`\log \int f`: :math:`\log f(\theta^*) + \tfrac d2 \log 2\pi - \tfrac12\log\det A`.
+        r"""Laplace estimate of :math:`\log \int f`:
+        :math:`\log f(\theta^*) + \tfrac d2 \log 2\pi - \tfrac12\log\det A`.
 
         (Bishop 2006, eq. 4.135.) ``nan`` if ``log_density_at_mode`` is unknown.
         """
@@ -219,7 +220,8 @@ class LaplaceGaussian:
         return -0.5 * self.dim * math.log(2 * math.pi) + 0.5 * self.log_det_precision - 0.5 * maha
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        r"""Draw ``n`` samples, shape ``(n, d)``: :math:`\theta^* + L^{-\top} z`, :math:`z\sim\mathcal N(0,I)`, :math:`A = LL^\top`.
+        r"""Draw ``n`` samples, shape ``(n, d)``: :math:`\theta^* + L^{-\top} z`,
+        :math:`z\sim\mathcal N(0,I)`, :math:`A = LL^\top`.
 
         ``generator`` (a ``torch.Generator``) makes the draw reproducible; it is required, so that
         every random draw in the book is seeded.
@@ -361,7 +363,8 @@ def laplace_approximation(
     grad_tol: float = 1e-8,
     decrement_tol: float = 1e-10,
 ) -> LaplaceGaussian:
-    r"""Laplace approximation :math:`\mathcal N(\theta^*, A^{-1})` of the density :math:`\propto \exp(\text{log\_density})`.
+    r"""Laplace approximation :math:`\mathcal N(\theta^*, A^{-1})` of the density
+    :math:`\propto \exp(\text{log\_density})`.
 
     :math:`\theta^*` = :func:`find_mode` from ``init`` (gradient max-norm :math:`\le` ``grad_tol``);
     :math:`A = -\nabla^2 \log f(\theta^*)` = :func:`negative_hessian`, which must be positive
@@ -518,7 +521,8 @@ def _pair(log_p_grid, log_q_grid, cell_volume, edge_tol):
     lp = _check_log_grid(log_p_grid, "log_p_grid")
     lq = _check_log_grid(log_q_grid, "log_q_grid")
     if lp.shape != lq.shape:
-        raise ValueError(f"log_p_grid and log_q_grid must have the same shape, got {tuple(lp.shape)} and {tuple(lq.shape)}")
+        raise ValueError(f"log_p_grid and log_q_grid must have the same shape, got {tuple(lp.shape)} and "
+                         f"{tuple(lq.shape)}")
     lp, _ = normalise_on_grid(lp, cell_volume, edge_tol=edge_tol, name="log_p_grid")
     lq, _ = normalise_on_grid(lq, cell_volume, edge_tol=edge_tol, name="log_q_grid")
     return lp, lq

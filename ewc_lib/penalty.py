@@ -340,7 +340,7 @@ class EWCPenalty:
                     f"model: parameter {name!r} is on {p.device}, the consolidated anchors and Fishers on "
                     f"{stored}; move them with penalty.to({str(p.device)!r})")
 
-    def to(self, device=None, dtype=None) -> "EWCPenalty":
+    def to(self, device=None, dtype=None) -> EWCPenalty:
         """Move (and/or cast) the stored anchors and Fishers, like ``nn.Module.to``; returns ``self``.
 
         Call it after moving the model, e.g. ``model.to(device); penalty.to(device)``: the

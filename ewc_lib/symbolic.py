@@ -282,7 +282,8 @@ def check_fisher_identity(log_density, variable, params, support) -> FisherIdent
     if not is_zero(normaliser - 1):
         raise ValueError(
             f"log_density does not define a normalised density on {support}: "
-            f"the {'integral' if isinstance(support, sp.Interval) else 'sum'} of exp({log_density}) is {normaliser}, not 1"
+            f"the {'integral' if isinstance(support, sp.Interval) else 'sum'} of exp({log_density}) is "
+            f"{normaliser}, not 1"
         )
 
     P = len(params)

@@ -14,7 +14,6 @@ from torch import nn
 
 from ewc_lib.models import mlp
 
-
 #: Identities between different float64 routes (outer products, second derivatives, J^T L J):
 #: observed round-off is ~1e-15 relative; 1e-10 leaves room without hiding real errors.
 EXACT_RTOL = 1e-10

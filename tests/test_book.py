@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import EXECUTED_NOTEBOOKS, ROOT, toc_docnames
 
 pytestmark = pytest.mark.book

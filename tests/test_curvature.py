@@ -8,17 +8,26 @@ import warnings
 
 import pytest
 import torch
+from cases import (
+    CASES,
+    CATEGORICAL,
+    EXACT_RTOL,
+    GAUSSIAN,
+    Case,
+    Wrapped,
+    assert_close,
+    layer_zoo,
+    make,
+    make_inputs,
+    make_model,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import ewc_lib
 from ewc_lib import curvature, reference
-from ewc_lib.curvature import fast_mlp, likelihoods
-from ewc_lib.curvature import flatten_params
-
-from cases import (CASES, CATEGORICAL, EXACT_RTOL, GAUSSIAN, Case, Wrapped, assert_close, layer_zoo, make,
-                   make_inputs, make_model)
+from ewc_lib.curvature import fast_mlp, flatten_params, likelihoods
 
 #: Monte Carlo comparisons: allowed number of standard errors per entry (all entries of a
 #: few dozen parameters must pass; a 6-sigma excursion has probability ~2e-9 per entry).

@@ -14,11 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ewc_lib import data
 from ewc_lib.data import (
-    DataFileError,
     MNIST_SHA256,
     MNIST_SHAPES,
+    DataFileError,
     apply_permutation,
     as_tensors,
     centre_square_permutation,
@@ -142,7 +141,7 @@ def _assert_bad(path: pathlib.Path, *expected_fragments: str):
 
 def test_missing_file(tmp_path):
     p = tmp_path / "mnist.npz"
-    msg = _assert_bad(p, "not found", "data/README.md")
+    _assert_bad(p, "not found", "data/README.md")
     assert not p.exists(), "load_mnist must not create (download) the file"
 
 

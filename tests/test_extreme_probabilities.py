@@ -15,14 +15,12 @@ import itertools
 
 import pytest
 import torch
+from cases import EXACT_RTOL, Wrapped, assert_close, gen
 from torch import nn
 
 import ewc_lib
 from ewc_lib import reference
-from ewc_lib.curvature import likelihoods
-from ewc_lib.curvature import flatten_params
-
-from cases import EXACT_RTOL, Wrapped, assert_close, gen
+from ewc_lib.curvature import flatten_params, likelihoods
 
 #: Entrywise relative error of L L^T against diag(p) - p p^T (same p) for entries that are
 #: normal numbers: a handful of roundings per entry. Observed 1.6e-7 (float32), 4.6e-16 (float64).

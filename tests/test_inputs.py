@@ -15,13 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cases import CASES, GAUSSIAN, Wrapped, assert_close, gen, make, make_model
 from torch import nn
 
 import ewc_lib
 from ewc_lib import reference
 from ewc_lib.curvature import flatten_params
-
-from cases import CASES, GAUSSIAN, Wrapped, assert_close, gen, make, make_model
 
 D = torch.float64
 ESTIMATORS = ["exact", "mc", "empirical", "batched_empirical"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
-import doctest
-
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -78,7 +76,8 @@ def test_sample_moments_within_standard_error():
     # sample variance has standard error ~ sigma^2 sqrt(2/n)
     assert ((emp - q.covariance).abs() < 5 * q.covariance.diagonal().max() * math.sqrt(2 / n)).all()
     # same generator seed -> same draw
-    torch.testing.assert_close(q.sample(5, torch.Generator().manual_seed(4)), q.sample(5, torch.Generator().manual_seed(4)))
+    torch.testing.assert_close(q.sample(5, torch.Generator().manual_seed(4)),
+                               q.sample(5, torch.Generator().manual_seed(4)))
 
 
 # ------------------------------------------------------------------ Bishop's skewed density

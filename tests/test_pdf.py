@@ -13,14 +13,11 @@ that the notebook tests and the HTML build filled), after the HTML build in ``ma
 
 from __future__ import annotations
 
-import os
-import pathlib
 import re
 import shutil
 import subprocess
 
 import pytest
-
 from book_pdf import build_singlehtml, print_pdf
 from conftest import ROOT, book_output_root, toc_docnames
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import make
 from torch import nn
 
 from ewc_lib import reference
 from ewc_lib.curvature import unflatten_params
-
-from cases import make
 
 #: float64 closed forms vs autograd loops: round-off only (observed ~1e-16 relative).
 EXACT_RTOL = 1e-12

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import Wrapped, assert_close, gen
 from torch import nn
 
 import ewc_lib
 from ewc_lib import reference
 from ewc_lib.curvature import flatten_params
-
-from cases import Wrapped, assert_close, gen
 
 D = torch.float64
 

@@ -76,10 +76,10 @@ from __future__ import annotations
 import sys
 import types
 
-from . import _setup, fast_mlp, fisher, likelihoods, params, second_order
-from ._setup import MAX_DENSE_PARAMS
-from .fast_mlp import FAST_CHUNK, ZERO_FEATURES_MIN_FRACTION, fisher_path
-from .fisher import ESTIMATORS, GENERIC_BUDGET, fisher_diagonal, fisher_matrix, sample_targets
+from . import _setup, fast_mlp, fisher, likelihoods, params, second_order  # noqa: F401  (the submodules)
+from ._setup import MAX_DENSE_PARAMS  # noqa: F401  (a tuning constant, see _TUNABLES)
+from .fast_mlp import FAST_CHUNK, ZERO_FEATURES_MIN_FRACTION, fisher_path  # noqa: F401
+from .fisher import ESTIMATORS, GENERIC_BUDGET, fisher_diagonal, fisher_matrix, sample_targets  # noqa: F401
 from .likelihoods import LIKELIHOODS
 from .params import flatten_params, unflatten_params
 from .second_order import expected_hessian, ggn, hessian

@@ -23,7 +23,7 @@ path defined here (``vmap`` over examples of ``vjp``). Both give the same number
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import nn  # noqa: F401  (the docstring examples use nn)
 from torch.func import vjp, vmap
 
 from .._checks import check_choice, check_int
@@ -191,7 +191,7 @@ def fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact
                                      "the Fisher diagonal")
             except _NotFast:  # (not expected: _input_dims_ok checks the shapes first)
                 acc = {n: torch.zeros_like(p) for n, p in setup.named}
-        for lo, hi, v, grads in _generic_chunks(setup, estimator, targets, noise, k):
+        for _lo, _hi, _v, grads in _generic_chunks(setup, estimator, targets, noise, k):
             for name in acc:
                 acc[name].add_((grads[name] ** 2).sum((0, 1)))
         return _check_result({name: t / setup.n for name, t in acc.items()}, "the Fisher diagonal")
