@@ -64,8 +64,10 @@ def check_int(name: str, value, *, minimum: int = 1, allow_none: bool = False):
     number = plain_number(value)
     if isinstance(number, bool) or not isinstance(number, numbers.Integral):
         kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise TypeError(f"{name}: expected {kind}{' or None' if allow_none else ''} (Python, numpy or a 0-d "
-                        f"integer tensor), got {describe(value)}")
+        raise TypeError(
+            f"{name}: expected {kind}{' or None' if allow_none else ''} (Python, numpy or a 0-d "
+            f"integer tensor), got {describe(value)}"
+        )
     if number < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {number}")
     return int(number)
@@ -75,8 +77,9 @@ def check_positive_float(name: str, value) -> float:
     """A finite real number > 0 (Python, numpy or 0-d real tensor), returned as a Python float."""
     number = plain_number(value)
     if isinstance(number, bool) or not isinstance(number, numbers.Real):
-        raise TypeError(f"{name}: expected a finite real number > 0 (Python, numpy or a 0-d tensor), got "
-                        f"{describe(value)}")
+        raise TypeError(
+            f"{name}: expected a finite real number > 0 (Python, numpy or a 0-d tensor), got {describe(value)}"
+        )
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f"{name}: expected a finite float > 0, got {number!r}")
     return float(number)
@@ -94,11 +97,15 @@ def trainable_parameters(model, *, purpose: str = "") -> list[tuple[str, torch.T
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
-        raise ValueError(f"model: expected at least one parameter with requires_grad=True, found none"
-                         f"{' ' + purpose if purpose else ''}")
+        raise ValueError(
+            f"model: expected at least one parameter with requires_grad=True, found none"
+            f"{' ' + purpose if purpose else ''}"
+        )
     for n, p in named:
         if p.is_inference():
-            raise ValueError(f"model: parameter {n!r} was created under torch.inference_mode() and cannot be "
-                             f"differentiated; build the model outside inference mode (or load its state_dict "
-                             f"into one built outside)")
+            raise ValueError(
+                f"model: parameter {n!r} was created under torch.inference_mode() and cannot be "
+                f"differentiated; build the model outside inference mode (or load its state_dict "
+                f"into one built outside)"
+            )
     return named

@@ -95,8 +95,11 @@ class ContinualHistory:
         return len(self.task_names)
 
     def _check_task(self, eval_task) -> int:
-        if isinstance(eval_task, bool) or not isinstance(eval_task, numbers.Integral) \
-                or not 0 <= eval_task < self.num_tasks:
+        if (
+            isinstance(eval_task, bool)
+            or not isinstance(eval_task, numbers.Integral)
+            or not 0 <= eval_task < self.num_tasks
+        ):
             raise ValueError(f"eval_task: expected an int in [0, {self.num_tasks}), got {eval_task!r}")
         return int(eval_task)
 
@@ -104,8 +107,10 @@ class ContinualHistory:
         """``(steps, accuracies)`` of task ``eval_task`` at every evaluation, in step order."""
         eval_task = self._check_task(eval_task)
         rows = [r for r in self.records if r["eval_task"] == eval_task]
-        return (np.array([r["step"] for r in rows], dtype=np.int64),
-                np.array([r["accuracy"] for r in rows], dtype=np.float64))
+        return (
+            np.array([r["step"] for r in rows], dtype=np.int64),
+            np.array([r["accuracy"] for r in rows], dtype=np.float64),
+        )
 
     def accuracy_matrix(self) -> np.ndarray:
         """``R[t, j]``: test accuracy on task ``j`` at the end of training task ``t``."""
@@ -127,19 +132,22 @@ class ContinualHistory:
 
 def _check_tasks(tasks):
     if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence) or len(tasks) == 0:
-        raise ValueError("tasks: expected a non-empty sequence of tasks with x_train, y_train, "
-                         "x_test, y_test (e.g. ewc_lib.tasks.permuted_mnist_tasks)")
+        raise ValueError(
+            "tasks: expected a non-empty sequence of tasks with x_train, y_train, "
+            "x_test, y_test (e.g. ewc_lib.tasks.permuted_mnist_tasks)"
+        )
     for t, task in enumerate(tasks):
         for attr in ("x_train", "y_train", "x_test", "y_test"):
             value = getattr(task, attr, None)
             if not isinstance(value, torch.Tensor):
-                raise TypeError(f"tasks[{t}].{attr}: expected a torch.Tensor, got "
-                                f"{type(value).__name__}")
+                raise TypeError(f"tasks[{t}].{attr}: expected a torch.Tensor, got {type(value).__name__}")
         for split in ("train", "test"):
             x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
             if x.shape[0] == 0 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-                raise ValueError(f"tasks[{t}]: x_{split} {tuple(x.shape)} and y_{split} "
-                                 f"{tuple(y.shape)} must hold the same number N > 0 of examples")
+                raise ValueError(
+                    f"tasks[{t}]: x_{split} {tuple(x.shape)} and y_{split} "
+                    f"{tuple(y.shape)} must hold the same number N > 0 of examples"
+                )
             if y.dtype != torch.int64:
                 raise TypeError(f"tasks[{t}].y_{split}: expected int64 class labels, got {y.dtype}")
     return [getattr(task, "name", f"T{t}") for t, task in enumerate(tasks)]
@@ -149,16 +157,19 @@ def _check_validation_splits(tasks):
     for t, task in enumerate(tasks):
         xv, yv = getattr(task, "x_val", None), getattr(task, "y_val", None)
         if not isinstance(xv, torch.Tensor) or not isinstance(yv, torch.Tensor):
-            raise TypeError(f"tasks[{t}]: early_stopping needs x_val and y_val tensors (a "
-                            "validation split held out of the training set)")
+            raise TypeError(
+                f"tasks[{t}]: early_stopping needs x_val and y_val tensors (a "
+                "validation split held out of the training set)"
+            )
         if xv.shape[0] == 0 or yv.ndim != 1 or xv.shape[0] != yv.shape[0]:
-            raise ValueError(f"tasks[{t}]: x_val {tuple(xv.shape)} and y_val {tuple(yv.shape)} "
-                             "must hold the same number N > 0 of examples")
+            raise ValueError(
+                f"tasks[{t}]: x_val {tuple(xv.shape)} and y_val {tuple(yv.shape)} "
+                "must hold the same number N > 0 of examples"
+            )
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      chunk_size: int = 10_000) -> float:
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 10_000) -> float:
     """Fraction of ``argmax(model(x)) == y`` (model put in eval mode, no gradients).
 
     >>> net = torch.nn.Linear(2, 2)
@@ -168,19 +179,34 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     model.eval()
     correct = 0
     for start in range(0, x.shape[0], chunk_size):
-        logits = model(x[start:start + chunk_size])
-        correct += int((logits.argmax(dim=-1) == y[start:start + chunk_size]).sum())
+        logits = model(x[start : start + chunk_size])
+        correct += int((logits.argmax(dim=-1) == y[start : start + chunk_size]).sum())
     return correct / x.shape[0]
 
 
-def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float = 0.0,
-                    lr: float = 1e-3, epochs_per_task: int = 1, batch_size: int = 100,
-                    fisher_estimator: str = "exact", fisher_num_examples: int | None = None,
-                    fisher_batch_size: int | None = None, penalty_mode: str = "separate",
-                    gamma: float = 1.0, eval_every: int | None = None,
-                    eval_num_examples: int | None = None, seed: int = 0,
-                    penalty_step: str = "gradient", early_stopping: int | None = None,
-                    callback=None, fisher_fn=None, progress: bool = True) -> ContinualHistory:
+def train_continual(
+    model: nn.Module,
+    tasks,
+    *,
+    method: str = "sgd",
+    lam: float = 0.0,
+    lr: float = 1e-3,
+    epochs_per_task: int = 1,
+    batch_size: int = 100,
+    fisher_estimator: str = "exact",
+    fisher_num_examples: int | None = None,
+    fisher_batch_size: int | None = None,
+    penalty_mode: str = "separate",
+    gamma: float = 1.0,
+    eval_every: int | None = None,
+    eval_num_examples: int | None = None,
+    seed: int = 0,
+    penalty_step: str = "gradient",
+    early_stopping: int | None = None,
+    callback=None,
+    fisher_fn=None,
+    progress: bool = True,
+) -> ContinualHistory:
     r"""Train ``model`` on ``tasks`` in order with plain SGD (+ L2 or EWC); return the history.
 
     Objective while training task ``t`` (minibatch ``b`` of task ``t``):
@@ -285,12 +311,10 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
     task_names = _check_tasks(tasks)
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
-    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) \
-            or lam < 0:
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lam: expected a finite number >= 0, got {lam!r}")
     if method == "sgd" and lam != 0:
-        raise ValueError(f"lam: method='sgd' has no penalty, so lam must be 0 (got {lam!r}); "
-                         "use method='l2' or 'ewc'")
+        raise ValueError(f"lam: method='sgd' has no penalty, so lam must be 0 (got {lam!r}); use method='l2' or 'ewc'")
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
     epochs_per_task = check_int("epochs_per_task", epochs_per_task)
@@ -308,11 +332,9 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
     if early_stopping is not None:
         _check_validation_splits(tasks)
     if callback is not None and not callable(callback):
-        raise TypeError(f"callback: expected a callable(step, model) or None, got "
-                        f"{type(callback).__name__}")
+        raise TypeError(f"callback: expected a callable(step, model) or None, got {type(callback).__name__}")
     if fisher_fn is not None and not callable(fisher_fn):
-        raise TypeError(f"fisher_fn: expected a callable(model, x, y) or None, got "
-                        f"{type(fisher_fn).__name__}")
+        raise TypeError(f"fisher_fn: expected a callable(model, x, y) or None, got {type(fisher_fn).__name__}")
     # Validates penalty_mode, gamma (and lam) once, before any training happens.
     if method == "l2":
         penalty = L2Penalty(lam, mode=penalty_mode, gamma=gamma)
@@ -326,24 +348,45 @@ def train_continual(model: nn.Module, tasks, *, method: str = "sgd", lam: float 
 
     n_train = [t.x_train.shape[0] for t in tasks]
     steps_per_task = [epochs_per_task * math.ceil(n / batch_size) for n in n_train]
-    config = dict(method=method, lam=float(lam), lr=float(lr), epochs_per_task=epochs_per_task,
-                  batch_size=batch_size, fisher_estimator=fisher_estimator,
-                  fisher_num_examples=fisher_num_examples,
-                  fisher_batch_size=fisher_batch_size if fisher_batch_size else batch_size,
-                  penalty_mode=penalty_mode, gamma=float(gamma), eval_every=eval_every,
-                  eval_num_examples=eval_num_examples, seed=seed, penalty_step=penalty_step,
-                  early_stopping=early_stopping, fisher_fn=getattr(fisher_fn, "__name__", None),
-                  task_names=task_names, num_params=sum(p.numel() for p in params),
-                  steps_per_task=steps_per_task)
+    config = dict(
+        method=method,
+        lam=float(lam),
+        lr=float(lr),
+        epochs_per_task=epochs_per_task,
+        batch_size=batch_size,
+        fisher_estimator=fisher_estimator,
+        fisher_num_examples=fisher_num_examples,
+        fisher_batch_size=fisher_batch_size if fisher_batch_size else batch_size,
+        penalty_mode=penalty_mode,
+        gamma=float(gamma),
+        eval_every=eval_every,
+        eval_num_examples=eval_num_examples,
+        seed=seed,
+        penalty_step=penalty_step,
+        early_stopping=early_stopping,
+        fisher_fn=getattr(fisher_fn, "__name__", None),
+        task_names=task_names,
+        num_params=sum(p.numel() for p in params),
+        steps_per_task=steps_per_task,
+    )
     if fisher_fn is None:
         fisher_gen = torch.Generator().manual_seed(seed + 1)
 
         def fisher_fn(model, x, y):
-            return _fisher(model, x, y, fisher_estimator, fisher_num_examples,
-                           fisher_batch_size or batch_size, fisher_gen)
+            return _fisher(
+                model, x, y, fisher_estimator, fisher_num_examples, fisher_batch_size or batch_size, fisher_gen
+            )
 
-    run = _Run(model=model, tasks=tasks, penalty=penalty, params=params, config=config,
-               fisher_fn=fisher_fn, callback=callback, progress=progress)
+    run = _Run(
+        model=model,
+        tasks=tasks,
+        penalty=penalty,
+        params=params,
+        config=config,
+        fisher_fn=fisher_fn,
+        callback=callback,
+        progress=progress,
+    )
     return run.train()
 
 
@@ -367,9 +410,16 @@ class _Run:
     def evaluate(self, epoch, trained_task, end_of_task):
         """Test accuracy of every task now (one record per task)."""
         for j, (xe, ye) in enumerate(self.eval_sets):
-            self.records.append(dict(step=self.step, epoch=epoch, trained_task=trained_task,
-                                     eval_task=j, accuracy=evaluate_accuracy(self.model, xe, ye),
-                                     end_of_task=end_of_task))
+            self.records.append(
+                dict(
+                    step=self.step,
+                    epoch=epoch,
+                    trained_task=trained_task,
+                    eval_task=j,
+                    accuracy=evaluate_accuracy(self.model, xe, ye),
+                    end_of_task=end_of_task,
+                )
+            )
 
     def sgd_step(self, x, y, t):
         """One minibatch step on the task loss (+ the penalty, as a gradient or proximally)."""
@@ -381,8 +431,9 @@ class _Run:
         if penalised and cfg["penalty_step"] == "gradient":
             loss = loss + penalty(model)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {float(loss.detach())} at step {self.step} "
-                                     f"(task {t}); lower lr or lam")
+            raise FloatingPointError(
+                f"loss became {float(loss.detach())} at step {self.step} (task {t}); lower lr or lam"
+            )
         loss.backward()
         self.optimizer.step()
         if penalised and cfg["penalty_step"] == "proximal":
@@ -401,7 +452,7 @@ class _Run:
         for epoch in range(epochs):
             order = torch.randperm(x.shape[0], generator=self.batch_gen)
             for start in range(0, x.shape[0], batch):
-                idx = order[start:start + batch]
+                idx = order[start : start + batch]
                 self.sgd_step(x[idx], y[idx], t)
                 bar.update(1)
                 last_step_of_task = epoch == epochs - 1 and start + batch >= x.shape[0]
@@ -432,9 +483,12 @@ class _Run:
     def train(self) -> ContinualHistory:
         cfg = self.config
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        bar = progress_bar(total=sum(cfg["steps_per_task"]),
-                           desc=f"{cfg['method']} ({len(self.tasks)} tasks)",
-                           disable=not self.progress, leave=False)
+        bar = progress_bar(
+            total=sum(cfg["steps_per_task"]),
+            desc=f"{cfg['method']} ({len(self.tasks)} tasks)",
+            disable=not self.progress,
+            leave=False,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg["seed"])
             if cfg["eval_every"] is not None:
@@ -445,12 +499,18 @@ class _Run:
                     self.consolidate(task)
         bar.close()
         self.model.eval()
-        return ContinualHistory(method=cfg["method"], config=cfg, task_names=cfg["task_names"],
-                                records=self.records, task_boundaries=self.boundaries,
-                                penalty=self.penalty, penalty_step_curvature=self.step_curvature,
-                                epochs_run=self.epochs_run,
-                                cpu_seconds=time.process_time() - cpu0,
-                                wall_seconds=time.perf_counter() - wall0)
+        return ContinualHistory(
+            method=cfg["method"],
+            config=cfg,
+            task_names=cfg["task_names"],
+            records=self.records,
+            task_boundaries=self.boundaries,
+            penalty=self.penalty,
+            penalty_step_curvature=self.step_curvature,
+            epochs_run=self.epochs_run,
+            cpu_seconds=time.process_time() - cpu0,
+            wall_seconds=time.perf_counter() - wall0,
+        )
 
 
 def _fisher(model, x, y, estimator, num_examples, batch_size, generator):

@@ -117,16 +117,13 @@ def load_mnist(path=None, *, verify: bool = True):
             missing = [k for k in MNIST_SHA256 if k not in z.files]
             if missing:
                 raise DataFileError(
-                    f"MNIST file {p} lacks the array(s) {missing}; expected keys "
-                    f"{sorted(MNIST_SHA256)}."
+                    f"MNIST file {p} lacks the array(s) {missing}; expected keys {sorted(MNIST_SHA256)}."
                 )
             arrays = {k: z[k] for k in MNIST_SHA256}
     except DataFileError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise DataFileError(
-            f"MNIST file {p} is not a readable .npz archive (truncated or corrupted?): {exc}"
-        ) from exc
+        raise DataFileError(f"MNIST file {p} is not a readable .npz archive (truncated or corrupted?): {exc}") from exc
     if verify:
         for key, a in arrays.items():
             if a.dtype != np.uint8 or a.shape != MNIST_SHAPES[key]:
@@ -172,8 +169,9 @@ def as_tensors(images, labels, *, dtype=None):
     return x, y
 
 
-def task_permutations(num_tasks: int, seed: int, *, identity_first: bool = True,
-                      num_pixels: int = NUM_PIXELS) -> list[np.ndarray]:
+def task_permutations(
+    num_tasks: int, seed: int, *, identity_first: bool = True, num_pixels: int = NUM_PIXELS
+) -> list[np.ndarray]:
     """Fixed pixel permutations, one per permuted-MNIST task.
 
     Task ``t`` uses ``perms[t]``. With ``identity_first=True`` (default) task 0 is the
@@ -216,7 +214,7 @@ def centre_square_permutation(size: int, seed: int, *, image_side: int = IMAGE_S
         raise ValueError(f"size: expected at most image_side={image_side}, got {size}")
     o = (image_side - size) // 2
     idx = np.arange(image_side * image_side).reshape(image_side, image_side)
-    inside = idx[o:o + size, o:o + size].ravel()
+    inside = idx[o : o + size, o : o + size].ravel()
     perm = np.arange(image_side * image_side)
     perm[inside] = inside[np.random.default_rng(seed).permutation(inside.size)]
     return perm
@@ -240,4 +238,3 @@ def apply_permutation(x, perm):
 
         return flat[:, torch.as_tensor(perm, dtype=torch.long)]
     return flat[:, perm]
-

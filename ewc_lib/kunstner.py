@@ -60,6 +60,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- validation
 
+
 def _as_matrix(X, name="X", cols=None):
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] == 0:
@@ -96,8 +97,10 @@ def _check_binary(y):
 
 # ----------------------------------------------------------------------------- Figure 1
 
-def linreg_data(n: int = 1000, *, seed: int = 0, intercept: float = 2.0, slope: float = 2.0,
-                sigma: float = 0.75, noise: float = 1.0):
+
+def linreg_data(
+    n: int = 1000, *, seed: int = 0, intercept: float = 2.0, slope: float = 2.0, sigma: float = 0.75, noise: float = 1.0
+):
     """The data of Kunstner et al.'s Figure 1: ``u ~ Lognormal(0, sigma)``, ``y = b + w u + eps``.
 
     Defaults follow the paper (App. D.1): ``n = 1000``, ``sigma = 0.75`` (the log-scale standard
@@ -218,8 +221,7 @@ def linreg_fast(X, y):
 
     def empirical_fisher(theta):
         theta = _as_theta(theta, X.shape[1])
-        return (M0 - 2.0 * np.einsum("...k,kij->...ij", theta, M1)
-                + np.einsum("...k,...l,klij->...ij", theta, theta, M2))
+        return M0 - 2.0 * np.einsum("...k,kij->...ij", theta, M1) + np.einsum("...k,...l,klij->...ij", theta, theta, M2)
 
     return grad, empirical_fisher
 
@@ -280,22 +282,27 @@ def max_deviation_from_segment(path, start=None, end=None):
 #: covariance matrices of the inputs of class 0 and class 1 (equal class sizes).
 LOGREG_DATASETS = {
     "correct": {
-        "mean0": (1.0, 1.0), "cov0": ((2.0, 0.0), (0.0, 2.0)),
-        "mean1": (-1.0, -1.0), "cov1": ((2.0, 0.0), (0.0, 2.0)),
+        "mean0": (1.0, 1.0),
+        "cov0": ((2.0, 0.0), (0.0, 2.0)),
+        "mean1": (-1.0, -1.0),
+        "cov1": ((2.0, 0.0), (0.0, 2.0)),
     },
     "misspecified_a": {
-        "mean0": (1.5, 1.5), "cov0": ((3.0, 0.0), (0.0, 3.0)),
-        "mean1": (-1.5, -1.5), "cov1": ((1.0, 0.0), (0.0, 1.0)),
+        "mean0": (1.5, 1.5),
+        "cov0": ((3.0, 0.0), (0.0, 3.0)),
+        "mean1": (-1.5, -1.5),
+        "cov1": ((1.0, 0.0), (0.0, 1.0)),
     },
     "misspecified_b": {
-        "mean0": (1.0, 1.0), "cov0": ((1.5, -0.9), (-0.9, 1.5)),
-        "mean1": (-1.0, -1.0), "cov1": ((1.5, 0.9), (0.9, 1.5)),
+        "mean0": (1.0, 1.0),
+        "cov0": ((1.5, -0.9), (-0.9, 1.5)),
+        "mean1": (-1.0, -1.0),
+        "cov1": ((1.5, 0.9), (0.9, 1.5)),
     },
 }
 
 
-def logreg_data(kind: str = "correct", n: int = 1000, *, seed: int = 0,
-                matrix_is_root: bool = False):
+def logreg_data(kind: str = "correct", n: int = 1000, *, seed: int = 0, matrix_is_root: bool = False):
     """Two Gaussian classes of ``n // 2`` points each, labels 0 then 1 (Kunstner et al., Table 2).
 
     ``kind`` is one of ``LOGREG_DATASETS``. By default the listed matrices are the class
@@ -423,6 +430,7 @@ def logreg_fit(X, y, *, tol: float = 1e-12, max_iter: int = 100):
 
 # ----------------------------------------------------------------------------- moments
 
+
 def gradient_moments(grads):
     """Split the empirical Fisher of per-example gradients ``grads`` (N, P) into its two parts.
 
@@ -454,8 +462,12 @@ def batched_second_moment(grads, batch_size: int):
     """
     G = _as_matrix(grads, "grads")
     n = G.shape[0]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1 or n % batch_size:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+        or n % batch_size
+    ):
         raise ValueError(f"batch_size: expected a positive divisor of N = {n}, got {batch_size!r}")
     means = G.reshape(n // batch_size, batch_size, -1).mean(axis=1)
     return means.T @ means / means.shape[0]
@@ -475,15 +487,19 @@ def expected_batched_second_moment(ef, mean, n: int, batch_size: int):
     mean = np.asarray(mean, dtype=np.float64)
     if ef.ndim != 2 or ef.shape != (mean.shape[0], mean.shape[0]):
         raise ValueError(f"ef, mean: expected shapes (P, P) and (P,), got {ef.shape}, {mean.shape}")
-    if not (isinstance(n, (int, np.integer)) and isinstance(batch_size, (int, np.integer))
-            and 1 <= batch_size <= n and n >= 2):
-        raise ValueError(f"n, batch_size: expected ints with 1 <= batch_size <= n, n >= 2; "
-                         f"got {n!r}, {batch_size!r}")
+    if not (
+        isinstance(n, (int, np.integer))
+        and isinstance(batch_size, (int, np.integer))
+        and 1 <= batch_size <= n
+        and n >= 2
+    ):
+        raise ValueError(f"n, batch_size: expected ints with 1 <= batch_size <= n, n >= 2; got {n!r}, {batch_size!r}")
     c = (n - batch_size) / (batch_size * (n - 1))
     return c * ef + (1.0 - c) * np.outer(mean, mean)
 
 
 # ----------------------------------------------------------------------------- comparisons
+
 
 def relative_gap(approx, reference):
     """Frobenius-norm relative difference ``||approx - reference||_F / ||reference||_F``.

@@ -80,8 +80,6 @@ class GridNormalisationError(ValueError):
     """A gridded density does not normalise on its grid (mass at the grid edge, or no mass)."""
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------
@@ -344,8 +342,7 @@ def find_mode(
 
     if not gnorm <= grad_tol:
         extra = (
-            "; on the way it met points where log_density is not finite (outside its support?)"
-            if hit_nonfinite else ""
+            "; on the way it met points where log_density is not finite (outside its support?)" if hit_nonfinite else ""
         )
         raise ModeNotFoundError(
             f"mode not found: gradient max-norm {gnorm:.3g} > grad_tol={grad_tol:.3g} after at most "
@@ -521,8 +518,9 @@ def _pair(log_p_grid, log_q_grid, cell_volume, edge_tol):
     lp = _check_log_grid(log_p_grid, "log_p_grid")
     lq = _check_log_grid(log_q_grid, "log_q_grid")
     if lp.shape != lq.shape:
-        raise ValueError(f"log_p_grid and log_q_grid must have the same shape, got {tuple(lp.shape)} and "
-                         f"{tuple(lq.shape)}")
+        raise ValueError(
+            f"log_p_grid and log_q_grid must have the same shape, got {tuple(lp.shape)} and {tuple(lq.shape)}"
+        )
     lp, _ = normalise_on_grid(lp, cell_volume, edge_tol=edge_tol, name="log_p_grid")
     lq, _ = normalise_on_grid(lq, cell_volume, edge_tol=edge_tol, name="log_q_grid")
     return lp, lq

@@ -202,6 +202,5 @@ def three_task_runs(tasks, *, alpha=1.0, sigma2=1.0):
     out["sep_mean"] = penalised_minimiser(out["sep_prec"], b_C + lam_A @ th_A + F_B @ th_B)
     # separate penalties, but B's weight taken as the full Laplace precision after B
     out["sep_laplace_prec"] = F_C + lam_A + lam_AB
-    out.update(F_A=F_A, F_B=F_B, F_C=F_C, b_A=b_A, b_B=b_B, b_C=b_C, lam_A=lam_A, th_A=th_A, th_B=th_B,
-               lam_AB=lam_AB)
+    out.update(F_A=F_A, F_B=F_B, F_C=F_C, b_A=b_A, b_B=b_B, b_C=b_C, lam_A=lam_A, th_A=th_A, th_B=th_B, lam_AB=lam_AB)
     return out

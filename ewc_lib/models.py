@@ -12,9 +12,16 @@ __all__ = ["mlp"]
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
-def mlp(sizes: Sequence[int], *, activation: str = "relu", bias: bool = True,
-        dropout_input: float = 0.0, dropout_hidden: float = 0.0,
-        seed: int | None = None, dtype=None) -> nn.Sequential:
+def mlp(
+    sizes: Sequence[int],
+    *,
+    activation: str = "relu",
+    bias: bool = True,
+    dropout_input: float = 0.0,
+    dropout_hidden: float = 0.0,
+    seed: int | None = None,
+    dtype=None,
+) -> nn.Sequential:
     """A multilayer perceptron ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
     Layers are ``[Dropout(dropout_input)] Linear (act [Dropout(dropout_hidden)] Linear)*``;

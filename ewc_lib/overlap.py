@@ -55,8 +55,7 @@ def _as_float64(x, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, numpy array or dict of tensors, "
-                        f"got {type(x).__name__}")
+        raise TypeError(f"{name}: expected a torch.Tensor, numpy array or dict of tensors, got {type(x).__name__}")
     if x.is_complex():
         raise TypeError(f"{name}: expected a real tensor, got dtype {x.dtype}")
     return x.detach().to(dtype=torch.float64, device="cpu")
@@ -66,27 +65,27 @@ def _flatten_pair(f1, f2) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn two inputs into float64 tensors of matching shape (dicts -> 1-D diagonals)."""
     is_map1, is_map2 = isinstance(f1, Mapping), isinstance(f2, Mapping)
     if is_map1 != is_map2:
-        raise TypeError("f1, f2: expected both dicts or both tensors, got "
-                        f"{type(f1).__name__} and {type(f2).__name__}")
+        raise TypeError(f"f1, f2: expected both dicts or both tensors, got {type(f1).__name__} and {type(f2).__name__}")
     if is_map1:
         if len(f1) == 0:
             raise ValueError("f1: expected a non-empty dict of tensors")
         if set(f1) != set(f2):
-            raise ValueError(f"f1, f2: keys differ: only in f1 {sorted(set(f1) - set(f2))}, "
-                             f"only in f2 {sorted(set(f2) - set(f1))}")
+            raise ValueError(
+                f"f1, f2: keys differ: only in f1 {sorted(set(f1) - set(f2))}, only in f2 {sorted(set(f2) - set(f1))}"
+            )
         parts1, parts2 = [], []
         for key in f1:
             a, b = _as_float64(f1[key], f"f1[{key!r}]"), _as_float64(f2[key], f"f2[{key!r}]")
             if a.shape != b.shape:
-                raise ValueError(f"f1[{key!r}], f2[{key!r}]: shapes differ, "
-                                 f"{tuple(a.shape)} vs {tuple(b.shape)}")
+                raise ValueError(f"f1[{key!r}], f2[{key!r}]: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
             parts1.append(a.reshape(-1))
             parts2.append(b.reshape(-1))
         return torch.cat(parts1), torch.cat(parts2)
     a, b = _as_float64(f1, "f1"), _as_float64(f2, "f2")
     if a.ndim not in (1, 2) or b.ndim not in (1, 2):
-        raise ValueError("f1, f2: expected 1-D diagonals or 2-D matrices, got shapes "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"f1, f2: expected 1-D diagonals or 2-D matrices, got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.ndim != b.ndim:  # one diagonal and one matrix: compare as matrices
         a = torch.diag(a) if a.ndim == 1 else a
         b = torch.diag(b) if b.ndim == 1 else b
@@ -243,8 +242,11 @@ def layerwise_overlap(fisher1: Mapping, fisher2: Mapping, model: nn.Module) -> L
         if not isinstance(module, nn.Linear):
             continue
         prefix = f"{layer_name}." if layer_name else ""
-        keys = [prefix + p for p, v in (("weight", module.weight), ("bias", module.bias))
-                if v is not None and prefix + p in params]
+        keys = [
+            prefix + p
+            for p, v in (("weight", module.weight), ("bias", module.bias))
+            if v is not None and prefix + p in params
+        ]
         sub1, sub2 = {}, {}
         for key in keys:
             in1, in2 = key in fisher1, key in fisher2
@@ -258,8 +260,9 @@ def layerwise_overlap(fisher1: Mapping, fisher2: Mapping, model: nn.Module) -> L
                 if not hasattr(fisher[key], "shape"):
                     raise TypeError(f"{arg}[{key!r}]: expected a tensor, got {type(fisher[key]).__name__}")
                 if tuple(fisher[key].shape) != tuple(params[key].shape):
-                    raise ValueError(f"{arg}[{key!r}]: expected shape {tuple(params[key].shape)}, "
-                                     f"got {tuple(fisher[key].shape)}")
+                    raise ValueError(
+                        f"{arg}[{key!r}]: expected shape {tuple(params[key].shape)}, got {tuple(fisher[key].shape)}"
+                    )
                 sub[key] = fisher[key]
         if not sub1:
             skipped.append(layer_name)
@@ -271,7 +274,9 @@ def layerwise_overlap(fisher1: Mapping, fisher2: Mapping, model: nn.Module) -> L
         compared[layer_name] = tuple(sub1)
     if not pairs:
         if skipped:
-            raise ValueError(f"fisher1, fisher2: no entries for any nn.Linear layer of the model (layers "
-                             f"{skipped} have none in either dict)")
+            raise ValueError(
+                f"fisher1, fisher2: no entries for any nn.Linear layer of the model (layers "
+                f"{skipped} have none in either dict)"
+            )
         raise ValueError("model: contains no nn.Linear layer")
     return LayerwiseOverlap(pairs, compared, skipped)

@@ -115,16 +115,14 @@ def _check_fisher(fisher, params: dict[str, torch.Tensor]) -> dict[str, torch.Te
             raise TypeError(f"fisher[{name!r}]: expected a torch.Tensor, got {type(f).__name__}")
         if tuple(f.shape) != tuple(p.shape):
             raise ValueError(
-                f"fisher[{name!r}]: shape {tuple(f.shape)} does not match the parameter's "
-                f"shape {tuple(p.shape)}"
+                f"fisher[{name!r}]: shape {tuple(f.shape)} does not match the parameter's shape {tuple(p.shape)}"
             )
         f = f.detach().to(device=p.device, dtype=p.dtype).clone()
         if not torch.isfinite(f).all():
             raise ValueError(f"fisher[{name!r}]: contains NaN or inf")
         if (f < 0).any():
             raise ValueError(
-                f"fisher[{name!r}]: has negative entries (min {float(f.min()):.3g}); a Fisher "
-                "diagonal is >= 0"
+                f"fisher[{name!r}]: has negative entries (min {float(f.min()):.3g}); a Fisher diagonal is >= 0"
             )
         out[name] = f
     return out
@@ -199,8 +197,10 @@ class EWCPenalty:
         self._anchors, self._fishers, self._num_tasks = [], [], 0
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(lam={self.lam!r}, mode={self.mode!r}, "
-                f"gamma={self.gamma!r}, num_tasks={self._num_tasks})")
+        return (
+            f"{type(self).__name__}(lam={self.lam!r}, mode={self.mode!r}, "
+            f"gamma={self.gamma!r}, num_tasks={self._num_tasks})"
+        )
 
     # ------------------------------------------------------------ consolidate
     def consolidate(self, model: nn.Module, fisher) -> None:
@@ -215,8 +215,9 @@ class EWCPenalty:
         if self._anchors:
             old = self._anchors[0]
             if set(old) != set(params) or any(old[n].shape != p.shape for n, p in params.items()):
-                raise ValueError("model: its parameters differ from those of the earlier "
-                                 "consolidations (names or shapes)")
+                raise ValueError(
+                    "model: its parameters differ from those of the earlier consolidations (names or shapes)"
+                )
             self._check_device(params)
         fisher = _check_fisher(fisher, params)
         anchor = {n: p.detach().clone() for n, p in params.items()}
@@ -243,16 +244,17 @@ class EWCPenalty:
         names = self._anchors[0].keys()
         if set(params) != set(names):
             raise ValueError(
-                f"model: trainable parameter names {sorted(params)} differ from the "
-                f"consolidated ones {sorted(names)}"
+                f"model: trainable parameter names {sorted(params)} differ from the consolidated ones {sorted(names)}"
             )
         self._check_device(params)
         total = None
         for anchor, fisher in zip(self._anchors, self._fishers):
             for name, p in params.items():
                 if p.shape != anchor[name].shape:
-                    raise ValueError(f"model: parameter {name!r} has shape {tuple(p.shape)}, "
-                                     f"the anchor has {tuple(anchor[name].shape)}")
+                    raise ValueError(
+                        f"model: parameter {name!r} has shape {tuple(p.shape)}, "
+                        f"the anchor has {tuple(anchor[name].shape)}"
+                    )
                 term = (fisher[name] * (p - anchor[name]) ** 2).sum()
                 total = term if total is None else total + term
         return 0.5 * self.lam * total
@@ -310,8 +312,7 @@ class EWCPenalty:
         True
         """
         lr = plain_number(lr)
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
-                math.isfinite(float(lr)) and float(lr) > 0):
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(float(lr)) and float(lr) > 0):
             raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
         if not self._anchors:
             return
@@ -324,8 +325,10 @@ class EWCPenalty:
         self._check_device(params)
         for name, p in params.items():
             if p.shape != self._anchors[0][name].shape:
-                raise ValueError(f"model: parameter {name!r} has shape {tuple(p.shape)}, "
-                                 f"the anchor has {tuple(self._anchors[0][name].shape)}")
+                raise ValueError(
+                    f"model: parameter {name!r} has shape {tuple(p.shape)}, "
+                    f"the anchor has {tuple(self._anchors[0][name].shape)}"
+                )
         step = float(lr) * self.lam
         for name, p in params.items():
             stiffness = sum(f[name] for f in self._fishers)
@@ -338,7 +341,8 @@ class EWCPenalty:
             if p.device != stored:
                 raise ValueError(
                     f"model: parameter {name!r} is on {p.device}, the consolidated anchors and Fishers on "
-                    f"{stored}; move them with penalty.to({str(p.device)!r})")
+                    f"{stored}; move them with penalty.to({str(p.device)!r})"
+                )
 
     def to(self, device=None, dtype=None) -> EWCPenalty:
         """Move (and/or cast) the stored anchors and Fishers, like ``nn.Module.to``; returns ``self``.
@@ -363,8 +367,14 @@ class EWCPenalty:
     # ------------------------------------------------------------- save/load
     def state_dict(self) -> dict:
         """A dict with ``lam``, ``mode``, ``gamma``, ``num_tasks``, ``anchors`` and ``fishers``."""
-        return {"lam": self.lam, "mode": self.mode, "gamma": self.gamma,
-                "num_tasks": self._num_tasks, "anchors": self.anchors, "fishers": self.fishers}
+        return {
+            "lam": self.lam,
+            "mode": self.mode,
+            "gamma": self.gamma,
+            "num_tasks": self._num_tasks,
+            "anchors": self.anchors,
+            "fishers": self.fishers,
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore from :meth:`state_dict`, checking everything :meth:`consolidate` guarantees.
@@ -407,14 +417,17 @@ class EWCPenalty:
             terms[field] = list(value)
         anchors, fishers = terms["anchors"], terms["fishers"]
         if len(anchors) != len(fishers):
-            raise ValueError(f"anchors, fishers: expected one Fisher per anchor, got {len(anchors)} anchors "
-                             f"and {len(fishers)} fishers")
+            raise ValueError(
+                f"anchors, fishers: expected one Fisher per anchor, got {len(anchors)} anchors "
+                f"and {len(fishers)} fishers"
+            )
         expected_terms = num_tasks if mode == "separate" else min(num_tasks, 1)
         if len(anchors) != expected_terms:
             raise ValueError(
                 f"num_tasks: {num_tasks} consolidated task(s) in mode={mode!r} means {expected_terms} stored "
                 f"term(s) ({'one per task' if mode == 'separate' else 'one term in online mode'}), but "
-                f"'anchors' has {len(anchors)}")
+                f"'anchors' has {len(anchors)}"
+            )
         new_anchors, new_fishers = [], []
         for t, (a, f) in enumerate(zip(anchors, fishers)):
             anchor = {}
@@ -470,17 +483,21 @@ class L2Penalty(EWCPenalty):
 
     def _check_loaded_fishers(self, fishers, mode, gamma, num_tasks) -> None:
         """L2's stiffness is 1 per term (separate) or ``sum_{k < T} gamma^k`` (online, T tasks)."""
-        expected = 1.0 if mode == "separate" else sum(gamma ** k for k in range(num_tasks))
+        expected = 1.0 if mode == "separate" else sum(gamma**k for k in range(num_tasks))
         for t, f in enumerate(fishers):
             for name, v in f.items():
                 if not torch.allclose(v, torch.full_like(v, expected), rtol=_L2_RTOL, atol=0.0):
-                    raise ValueError(f"fishers[{t}][{name!r}]: an L2Penalty stores the stiffness {expected:.6g} "
-                                     f"everywhere (mode={mode!r}, {num_tasks} task(s)), found values in "
-                                     f"[{float(v.min()):.6g}, {float(v.max()):.6g}]")
+                    raise ValueError(
+                        f"fishers[{t}][{name!r}]: an L2Penalty stores the stiffness {expected:.6g} "
+                        f"everywhere (mode={mode!r}, {num_tasks} task(s)), found values in "
+                        f"[{float(v.min()):.6g}, {float(v.max()):.6g}]"
+                    )
 
     def consolidate(self, model: nn.Module, fisher=None) -> None:  # noqa: D102
         if fisher is not None:
-            raise TypeError("fisher: L2Penalty uses F = 1 for every parameter; pass fisher=None "
-                            "(or use EWCPenalty for a Fisher-weighted penalty)")
+            raise TypeError(
+                "fisher: L2Penalty uses F = 1 for every parameter; pass fisher=None "
+                "(or use EWCPenalty for a Fisher-weighted penalty)"
+            )
         params = _trainable(model)
         super().consolidate(model, {n: torch.ones_like(p.detach()) for n, p in params.items()})

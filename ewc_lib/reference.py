@@ -75,7 +75,7 @@ def _nll(f, y, likelihood, sigma2):
         rows = []
         for fn, yn in zip(f, y.reshape(-1)):
             m = int(fn.detach().argmax())
-            rest = torch.cat([fn[:m], fn[m + 1:]]) - fn[m]
+            rest = torch.cat([fn[:m], fn[m + 1 :]]) - fn[m]
             rows.append(torch.log1p(torch.exp(rest).sum()) - (fn[int(yn)] - fn[m]))
         return torch.stack(rows)
     if likelihood == "bernoulli":
@@ -138,11 +138,15 @@ class _Problem:
             try:
                 out = model(self.inputs[:1])
             except RuntimeError as err:
-                raise ValueError(f"inputs: the model cannot be applied to inputs of shape "
-                                 f"{tuple(inputs.shape)}: {err}") from err
+                raise ValueError(
+                    f"inputs: the model cannot be applied to inputs of shape {tuple(inputs.shape)}: {err}"
+                ) from err
         expected = {"categorical": "(1, C) with C >= 2", "gaussian": "(1, D)", "bernoulli": "(1, 1)"}[likelihood]
-        if out.ndim != 2 or (likelihood == "categorical" and out.shape[1] < 2) or (
-                likelihood == "bernoulli" and out.shape[1] != 1):
+        if (
+            out.ndim != 2
+            or (likelihood == "categorical" and out.shape[1] < 2)
+            or (likelihood == "bernoulli" and out.shape[1] != 1)
+        ):
             raise ValueError(f"model output: expected shape {expected} for one example, got {tuple(out.shape)}")
         self.out_dim = out.shape[1]
 
@@ -157,8 +161,10 @@ class _Problem:
         targets = _inference_safe(targets)
         if self.likelihood == "categorical":
             if targets.is_floating_point() or targets.dtype == torch.bool or tuple(targets.shape) != (n,):
-                raise ValueError(f"targets: expected integer class indices of shape ({n},), got "
-                                 f"{targets.dtype} {tuple(targets.shape)}")
+                raise ValueError(
+                    f"targets: expected integer class indices of shape ({n},), got "
+                    f"{targets.dtype} {tuple(targets.shape)}"
+                )
             if targets.min() < 0 or targets.max() >= c:
                 raise ValueError(f"targets: expected class indices in [0, {c})")
             return targets.long()
@@ -168,8 +174,9 @@ class _Problem:
                 raise ValueError(f"targets: expected {n} values in {{0, 1}}, got shape {tuple(targets.shape)}")
             return t
         if targets.numel() != n * c or not targets.is_floating_point() or not torch.isfinite(targets).all():
-            raise ValueError(f"targets: expected finite floats of shape ({n}, {c}), got {targets.dtype} "
-                             f"{tuple(targets.shape)}")
+            raise ValueError(
+                f"targets: expected finite floats of shape ({n}, {c}), got {targets.dtype} {tuple(targets.shape)}"
+            )
         return targets.reshape(n, c).to(self.dtype)
 
 
@@ -180,8 +187,7 @@ def _finite_outputs(f):
 
 
 def _flat_grad(scalar, params, create_graph=False, retain_graph=None):
-    grads = torch.autograd.grad(scalar, params, create_graph=create_graph, retain_graph=retain_graph,
-                                allow_unused=True)
+    grads = torch.autograd.grad(scalar, params, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
 
 
@@ -212,17 +218,17 @@ def _weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
         batch_size = _number("batch_size", batch_size, integer=True)
         for lo in range(0, n_data, batch_size):
             hi = min(lo + batch_size, n_data)
-            g = sum(_flat_grad(_log_lik(setup, x[n:n + 1], targets[n:n + 1]), params) for n in range(lo, hi))
+            g = sum(_flat_grad(_log_lik(setup, x[n : n + 1], targets[n : n + 1]), params) for n in range(lo, hi))
             yield (hi - lo) / n_data, g / (hi - lo)
         return
     for n in range(n_data):
-        xn = x[n:n + 1]
+        xn = x[n : n + 1]
         if estimator == "empirical":
-            yield 1.0 / n_data, _flat_grad(_log_lik(setup, xn, targets[n:n + 1]), params)
+            yield 1.0 / n_data, _flat_grad(_log_lik(setup, xn, targets[n : n + 1]), params)
         elif estimator == "mc":
             s_count = sampled_targets.shape[1]
             for s in range(s_count):
-                y = sampled_targets[n:n + 1, s]
+                y = sampled_targets[n : n + 1, s]
                 if setup.likelihood == "bernoulli":
                     y = y.reshape(1, 1)
                 yield 1.0 / (n_data * s_count), _flat_grad(_log_lik(setup, xn, y), params)
@@ -251,8 +257,17 @@ def _prepare(model, inputs, likelihood, sigma2, estimator, targets, sampled_targ
     return setup, targets, sampled_targets
 
 
-def fisher_matrix_loop(model, inputs, *, likelihood="categorical", estimator="exact", targets=None,
-                       sampled_targets=None, batch_size=None, sigma2=1.0):
+def fisher_matrix_loop(
+    model,
+    inputs,
+    *,
+    likelihood="categorical",
+    estimator="exact",
+    targets=None,
+    sampled_targets=None,
+    batch_size=None,
+    sigma2=1.0,
+):
     r"""The Fisher estimators of :func:`ewc_lib.fisher_matrix` by definition, ``(P, P)``.
 
     ``"exact"``: ``(1/N) sum_n sum_y p(y|x_n) g(y) g(y)^T`` with one autograd call per example
@@ -268,8 +283,7 @@ def fisher_matrix_loop(model, inputs, *, likelihood="categorical", estimator="ex
     >>> torch.allclose(fisher_matrix_loop(net, x), ewc_lib.fisher_matrix(net, x))
     True
     """
-    setup, targets, sampled_targets = _prepare(model, inputs, likelihood, sigma2, estimator, targets,
-                                               sampled_targets)
+    setup, targets, sampled_targets = _prepare(model, inputs, likelihood, sigma2, estimator, targets, sampled_targets)
     with _eval_mode(model):
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         for w, g in _weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
@@ -277,8 +291,17 @@ def fisher_matrix_loop(model, inputs, *, likelihood="categorical", estimator="ex
         return acc.detach()
 
 
-def fisher_diagonal_loop(model, inputs, *, likelihood="categorical", estimator="exact", targets=None,
-                         sampled_targets=None, batch_size=None, sigma2=1.0):
+def fisher_diagonal_loop(
+    model,
+    inputs,
+    *,
+    likelihood="categorical",
+    estimator="exact",
+    targets=None,
+    sampled_targets=None,
+    batch_size=None,
+    sigma2=1.0,
+):
     r"""Diagonal of :func:`fisher_matrix_loop` as a dict ``name -> tensor`` (no ``P x P`` memory).
 
     >>> net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 3)).double()
@@ -288,15 +311,14 @@ def fisher_diagonal_loop(model, inputs, *, likelihood="categorical", estimator="
     >>> all(torch.allclose(d[k], v) for k, v in ewc_lib.fisher_diagonal(net, x).items())
     True
     """
-    setup, targets, sampled_targets = _prepare(model, inputs, likelihood, sigma2, estimator, targets,
-                                               sampled_targets)
+    setup, targets, sampled_targets = _prepare(model, inputs, likelihood, sigma2, estimator, targets, sampled_targets)
     with _eval_mode(model):
         acc = torch.zeros(setup.numel, dtype=setup.dtype)
         for w, g in _weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
             acc += w * g.detach() ** 2
         out, i = {}, 0
         for name, p in setup.named:
-            out[name] = acc[i:i + p.numel()].reshape(p.shape)
+            out[name] = acc[i : i + p.numel()].reshape(p.shape)
             i += p.numel()
         return out
 
@@ -313,8 +335,9 @@ def per_example_scores(model, inputs, targets, *, likelihood="categorical", sigm
     with _eval_mode(model):
         params = [p for _, p in setup.named]
         x = setup.inputs
-        return torch.stack([_flat_grad(_log_lik(setup, x[n:n + 1], targets[n:n + 1]), params).detach()
-                            for n in range(setup.n)])
+        return torch.stack(
+            [_flat_grad(_log_lik(setup, x[n : n + 1], targets[n : n + 1]), params).detach() for n in range(setup.n)]
+        )
 
 
 def _hessian_rows(scalar, params):
@@ -339,7 +362,7 @@ def hessian_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0
         params = [p for _, p in setup.named]
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         for n in range(setup.n):
-            acc -= _hessian_rows(_log_lik(setup, setup.inputs[n:n + 1], targets[n:n + 1]), params)
+            acc -= _hessian_rows(_log_lik(setup, setup.inputs[n : n + 1], targets[n : n + 1]), params)
         return acc / setup.n
 
 
@@ -363,7 +386,7 @@ def expected_hessian_loop(model, inputs, *, likelihood="categorical", sigma2=1.0
         params = [p for _, p in setup.named]
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         for n in range(setup.n):
-            xn = setup.inputs[n:n + 1]
+            xn = setup.inputs[n : n + 1]
             if likelihood == "gaussian":
                 with torch.no_grad():
                     y = setup.outputs(xn)
@@ -398,7 +421,7 @@ def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
         params = [p for _, p in setup.named]
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         for n in range(setup.n):
-            xn = setup.inputs[n:n + 1]
+            xn = setup.inputs[n : n + 1]
             J = jacobian_loop(model, xn, params)
             with torch.no_grad():
                 f = setup.outputs(xn)
@@ -432,13 +455,12 @@ def residual_term_loop(model, inputs, targets, *, likelihood="categorical", sigm
         params = [p for _, p in setup.named]
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         for n in range(setup.n):
-            xn = setup.inputs[n:n + 1]
+            xn = setup.inputs[n : n + 1]
             with torch.no_grad():
                 f0 = setup.outputs(xn)
             f0 = f0.clone().requires_grad_(True)
-            r = torch.autograd.grad(_nll(f0, targets[n:n + 1], likelihood, setup.sigma2).sum(), f0)[0][0]
+            r = torch.autograd.grad(_nll(f0, targets[n : n + 1], likelihood, setup.sigma2).sum(), f0)[0][0]
             for k in range(r.numel()):
                 f = setup.outputs(xn)[0]
                 acc += r[k] * _hessian_rows(f[k], params)
         return acc / setup.n
-

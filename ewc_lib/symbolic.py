@@ -382,9 +382,17 @@ def example_families() -> dict:
     return {
         "Bernoulli (logit)": (y * eta - sp.log(1 + sp.exp(eta)), y, [eta], sp.FiniteSet(0, 1)),
         "Categorical (softmax, K=3)": (
-            sum(sp.KroneckerDelta(y, c) * etas[c] for c in range(3)) - log_z3, y, etas, sp.Range(3)),
+            sum(sp.KroneckerDelta(y, c) * etas[c] for c in range(3)) - log_z3,
+            y,
+            etas,
+            sp.Range(3),
+        ),
         "Gaussian (mean, variance)": (
-            -((x - mu) ** 2) / (2 * v) - sp.log(2 * sp.pi * v) / 2, x, [mu, v], sp.Interval(-sp.oo, sp.oo)),
+            -((x - mu) ** 2) / (2 * v) - sp.log(2 * sp.pi * v) / 2,
+            x,
+            [mu, v],
+            sp.Interval(-sp.oo, sp.oo),
+        ),
         "Poisson (log-rate)": (k * eta - sp.exp(eta) - sp.log(sp.factorial(k)), k, [eta], sp.Range(0, sp.oo)),
         "Exponential (rate)": (sp.log(lam) - lam * x, x, [lam], sp.Interval(0, sp.oo)),
         "Uniform(0, theta)": (-sp.log(theta), x, [theta], sp.Interval(0, theta)),

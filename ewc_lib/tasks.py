@@ -59,15 +59,21 @@ def _tasks_from_perms(perms, names, n_train, n_test, dtype, path):
     xtr, ytr = as_tensors(x_tr[tr], y_tr[tr], dtype=dtype)
     xte, yte = as_tensors(x_te[te], y_te[te], dtype=dtype)
     return [
-        Task(name, apply_permutation(xtr, p).contiguous(), ytr,
-             apply_permutation(xte, p).contiguous(), yte, p)
+        Task(name, apply_permutation(xtr, p).contiguous(), ytr, apply_permutation(xte, p).contiguous(), yte, p)
         for name, p in zip(names, perms)
     ]
 
 
-def permuted_mnist_tasks(num_tasks: int, *, seed: int = 0, n_train: int | None = None,
-                         n_test: int | None = None, identity_first: bool = True,
-                         dtype=None, path=None) -> list[Task]:
+def permuted_mnist_tasks(
+    num_tasks: int,
+    *,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    identity_first: bool = True,
+    dtype=None,
+    path=None,
+) -> list[Task]:
     """``num_tasks`` permuted-MNIST tasks named A, B, C, ... (then T10, T11, ...).
 
     Task ``t`` applies ``task_permutations(num_tasks, seed)[t]`` to the first ``n_train``
@@ -83,17 +89,22 @@ def permuted_mnist_tasks(num_tasks: int, *, seed: int = 0, n_train: int | None =
     return _tasks_from_perms(perms, names, n_train, n_test, dtype, path)
 
 
-def centre_square_tasks(size: int, num_tasks: int = 2, *, seed: int = 0,
-                        n_train: int | None = None, n_test: int | None = None,
-                        dtype=None, path=None) -> list[Task]:
+def centre_square_tasks(
+    size: int,
+    num_tasks: int = 2,
+    *,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    dtype=None,
+    path=None,
+) -> list[Task]:
     """Tasks whose central ``size x size`` square is permuted (task 0 is plain MNIST).
 
     Used for the Fisher-overlap experiment (paper's Figure 2C): ``size=8`` changes little of
     the image, ``size=26`` almost all of it.
     """
-    perms = [np.arange(28 * 28)] + [
-        centre_square_permutation(size, seed + t) for t in range(1, num_tasks)
-    ]
+    perms = [np.arange(28 * 28)] + [centre_square_permutation(size, seed + t) for t in range(1, num_tasks)]
     names = [f"sq{size}-{t}" for t in range(num_tasks)]
     return _tasks_from_perms(perms, names, n_train, n_test, dtype, path)
 
@@ -118,6 +129,13 @@ def hold_out_validation(task: Task, n_val: int, *, as_test: bool = False) -> Tas
         raise ValueError(f"n_val: expected an int in [1, {n - 1}], got {n_val!r}")
     cut = n - int(n_val)
     xv, yv = task.x_train[cut:], task.y_train[cut:]
-    return Task(task.name, task.x_train[:cut], task.y_train[:cut],
-                xv if as_test else task.x_test, yv if as_test else task.y_test,
-                task.permutation, xv, yv)
+    return Task(
+        task.name,
+        task.x_train[:cut],
+        task.y_train[:cut],
+        xv if as_test else task.x_test,
+        yv if as_test else task.y_test,
+        task.permutation,
+        xv,
+        yv,
+    )

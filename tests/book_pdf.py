@@ -93,10 +93,11 @@ _HEADINGS = """() => {
   return titles.map((h) => h ? h.textContent.replace(/#$/, "").replace(/\\s+/g, " ").trim() : "");
 }"""
 
-_FOOTER = ('<div style="font-size: 8px; width: 100%; text-align: center; color: #666;">'
-           '<span class="pageNumber"></span> / <span class="totalPages"></span></div>')
-_HEADER = ('<div style="font-size: 8px; width: 100%; text-align: center; color: #666;">'
-           '<span class="title"></span></div>')
+_FOOTER = (
+    '<div style="font-size: 8px; width: 100%; text-align: center; color: #666;">'
+    '<span class="pageNumber"></span> / <span class="totalPages"></span></div>'
+)
+_HEADER = '<div style="font-size: 8px; width: 100%; text-align: center; color: #666;"><span class="title"></span></div>'
 
 
 @dataclasses.dataclass
@@ -119,10 +120,13 @@ class PrintReport:
         return self.page.ok and not self.problems
 
     def summary(self) -> str:
-        lines = [f"{self.pdf}: {len(self.headings)} chapter heading(s), {self.images} image(s), "
-                 f"printed in {self.seconds:.0f} s; print column {PRINT_WIDTH_PX} px: "
-                 + ", ".join(f"{k} {v}" for k, v in self.print_layout.items()),
-                 self.page.summary(), *self.problems]
+        lines = [
+            f"{self.pdf}: {len(self.headings)} chapter heading(s), {self.images} image(s), "
+            f"printed in {self.seconds:.0f} s; print column {PRINT_WIDTH_PX} px: "
+            + ", ".join(f"{k} {v}" for k, v in self.print_layout.items()),
+            self.page.summary(),
+            *self.problems,
+        ]
         return "\n  ".join(lines)
 
 
@@ -130,13 +134,18 @@ def singlehtml_dir(out_root: pathlib.Path | None = None) -> pathlib.Path:
     return (out_root or book_output_root()) / "_build" / "singlehtml"
 
 
-def build_singlehtml(source: pathlib.Path = ROOT, out_root: pathlib.Path | None = None,
-                     timeout: float = 3600) -> BookBuild:
+def build_singlehtml(
+    source: pathlib.Path = ROOT, out_root: pathlib.Path | None = None, timeout: float = 3600
+) -> BookBuild:
     """``jupyter-book build --builder singlehtml --keep-going -W -n`` (the execution cache is
     shared with the HTML build, in ``<out_root>/_build/.jupyter_cache``)."""
     out_root = out_root or book_output_root()
-    build = build_book(source, path_output=None if out_root == source else out_root,
-                       extra_args=("--builder", "singlehtml"), timeout=timeout)
+    build = build_book(
+        source,
+        path_output=None if out_root == source else out_root,
+        extra_args=("--builder", "singlehtml"),
+        timeout=timeout,
+    )
     build.html = singlehtml_dir(out_root)
     return build
 
@@ -147,7 +156,7 @@ def _single_page(html_dir: pathlib.Path) -> pathlib.Path:
     ``_images`` written as seen from the top of the folder; a copy there resolves them."""
     root = f"{toc_docnames()[0]}.html"
     page = (html_dir / root).read_text(encoding="utf-8")
-    page = page.replace(f'href="{root}#', 'href="#')            # cross-references: in-page
+    page = page.replace(f'href="{root}#', 'href="#')  # cross-references: in-page
     page = page.replace('<script src="searchindex.js"></script>', "")  # no search on paper
     top = html_dir / "book.html"
     top.write_text(page, encoding="utf-8")
@@ -172,24 +181,42 @@ def print_pdf(html_dir: pathlib.Path, pdf_path: pathlib.Path, *, browser=None) -
         result["headings"] = page.evaluate(_HEADINGS)
         result["code"] = page.evaluate(
             "() => Array.from(document.querySelectorAll('pre')).filter((p) => p.getClientRects()"
-            ".length).map((p) => p.textContent).join('\\n')")
+            ".length).map((p) => p.textContent).join('\\n')"
+        )
         result["images"] = page.evaluate(
-            "() => Array.from(document.images).filter((i) => i.getClientRects().length).length")
-        page.pdf(path=str(pdf_path), format=PAGE_FORMAT, scale=SCALE, print_background=True,
-                 margin={k: f"{v}mm" for k, v in MARGIN_MM.items()},
-                 display_header_footer=True, header_template=_HEADER, footer_template=_FOOTER,
-                 outline=True, tagged=True)
+            "() => Array.from(document.images).filter((i) => i.getClientRects().length).length"
+        )
+        page.pdf(
+            path=str(pdf_path),
+            format=PAGE_FORMAT,
+            scale=SCALE,
+            print_background=True,
+            margin={k: f"{v}mm" for k, v in MARGIN_MM.items()},
+            display_header_footer=True,
+            header_template=_HEADER,
+            footer_template=_FOOTER,
+            outline=True,
+            tagged=True,
+        )
 
     # The page-wide layout checks of the HTML book are for screens; on paper what counts is
     # the printed column, measured in to_pdf.
     with BrowserChecker(html_dir, browser=browser, layout=False, timeout_ms=300_000) as checker:
         page_report = checker.check(_single_page(html_dir), extra=to_pdf)
     lay = result.get("layout", {})
-    out = PrintReport(page_report, pdf_path, result.get("headings", []), result.get("images", 0),
-                      code_text=result.get("code", ""), seconds=time.perf_counter() - t0)
-    out.print_layout = {"equations too wide": len(lay.get("eqOverflow", [])),
-                        "code too wide": len(lay.get("codeOverflow", [])),
-                        "cut off": len(lay.get("cutOff", []))}
+    out = PrintReport(
+        page_report,
+        pdf_path,
+        result.get("headings", []),
+        result.get("images", 0),
+        code_text=result.get("code", ""),
+        seconds=time.perf_counter() - t0,
+    )
+    out.print_layout = {
+        "equations too wide": len(lay.get("eqOverflow", [])),
+        "code too wide": len(lay.get("codeOverflow", [])),
+        "cut off": len(lay.get("cutOff", [])),
+    }
     out.problems += [f"equation wider than the printed column: {x}" for x in lay.get("eqOverflow", [])]
     out.problems += [f"code line wider than the printed column: {x}" for x in lay.get("codeOverflow", [])]
     out.problems += [f"cut off on paper: {x}" for x in lay.get("cutOff", [])]
@@ -200,10 +227,12 @@ def print_pdf(html_dir: pathlib.Path, pdf_path: pathlib.Path, *, browser=None) -
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-build", action="store_true",
-                        help="print the existing _build/singlehtml (no Sphinx build)")
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="PDF path (default: <build>/_build/pdf/book.pdf)")
+    parser.add_argument(
+        "--no-build", action="store_true", help="print the existing _build/singlehtml (no Sphinx build)"
+    )
+    parser.add_argument(
+        "--out", type=pathlib.Path, default=None, help="PDF path (default: <build>/_build/pdf/book.pdf)"
+    )
     args = parser.parse_args(argv)
     out_root = book_output_root()
     pdf = args.out or out_root / "_build" / "pdf" / "book.pdf"

@@ -31,7 +31,8 @@ def assert_close(actual, expected, rtol=EXACT_RTOL, what="", scale=None):
     assert rel <= rtol, (
         f"{what}: max |difference| / max |expected| = {rel:.3e} > {rtol:.0e} at flat index {worst} "
         f"(actual {actual.reshape(-1)[worst].item():.6e}, expected {expected.reshape(-1)[worst].item():.6e}); "
-        f"{int((err > rtol * scale).sum())} of {err.numel()} entries off")
+        f"{int((err > rtol * scale).sum())} of {err.numel()} entries off"
+    )
 
 
 def gen(seed=0):
@@ -61,8 +62,7 @@ CASES = [
     Case("tanh-C2-nobias", (2, 4, 2), "tanh", bias=False, seed=4),
     Case("gauss-D1", (2, 4, 1), "tanh", likelihood="gaussian", sigma2=0.5, seed=5),
     Case("gauss-D2-relu", (3, 4, 2), "relu", likelihood="gaussian", seed=6),
-    Case("gauss-D3-sigmoid-nobias", (2, 3, 3), "sigmoid", bias=False, likelihood="gaussian", sigma2=2.0,
-         seed=7),
+    Case("gauss-D3-sigmoid-nobias", (2, 3, 3), "sigmoid", bias=False, likelihood="gaussian", sigma2=2.0, seed=7),
     Case("bernoulli-tanh", (3, 4, 1), "tanh", likelihood="bernoulli", seed=8),
     Case("bernoulli-relu-nobias", (2, 5, 1), "relu", bias=False, likelihood="bernoulli", seed=9),
 ]
@@ -114,14 +114,42 @@ def layer_zoo():
     d = torch.float64
     return [
         ("leaky", nn.Sequential(nn.Linear(3, 4, dtype=d), nn.LeakyReLU(0.1), nn.Linear(4, 3, dtype=d)), (3,)),
-        ("flatten-first", nn.Sequential(nn.Flatten(), nn.Linear(6, 4, dtype=d), nn.Sigmoid(),
-                                        nn.Linear(4, 3, dtype=d)), (2, 3)),
-        ("identity-dropout", nn.Sequential(nn.Dropout(0.5), nn.Linear(3, 4, dtype=d), nn.Identity(), nn.ReLU(),
-                                           nn.Dropout(0.3), nn.Linear(4, 3, dtype=d)), (3,)),
-        ("nested", nn.Sequential(nn.Sequential(nn.Linear(3, 4, dtype=d), nn.Tanh()),
-                                 nn.Sequential(nn.Linear(4, 4, dtype=d), nn.Flatten(), nn.ReLU()),
-                                 nn.Linear(4, 3, dtype=d)), (3,)),
+        (
+            "flatten-first",
+            nn.Sequential(nn.Flatten(), nn.Linear(6, 4, dtype=d), nn.Sigmoid(), nn.Linear(4, 3, dtype=d)),
+            (2, 3),
+        ),
+        (
+            "identity-dropout",
+            nn.Sequential(
+                nn.Dropout(0.5),
+                nn.Linear(3, 4, dtype=d),
+                nn.Identity(),
+                nn.ReLU(),
+                nn.Dropout(0.3),
+                nn.Linear(4, 3, dtype=d),
+            ),
+            (3,),
+        ),
+        (
+            "nested",
+            nn.Sequential(
+                nn.Sequential(nn.Linear(3, 4, dtype=d), nn.Tanh()),
+                nn.Sequential(nn.Linear(4, 4, dtype=d), nn.Flatten(), nn.ReLU()),
+                nn.Linear(4, 3, dtype=d),
+            ),
+            (3,),
+        ),
         ("linear-only", nn.Sequential(nn.Linear(3, 3, dtype=d)), (3,)),
-        ("tanh-sigmoid-mix", nn.Sequential(nn.Linear(3, 4, dtype=d), nn.Tanh(), nn.Linear(4, 4, bias=False, dtype=d),
-                                           nn.Sigmoid(), nn.Linear(4, 3, dtype=d)), (3,)),
+        (
+            "tanh-sigmoid-mix",
+            nn.Sequential(
+                nn.Linear(3, 4, dtype=d),
+                nn.Tanh(),
+                nn.Linear(4, 4, bias=False, dtype=d),
+                nn.Sigmoid(),
+                nn.Linear(4, 3, dtype=d),
+            ),
+            (3,),
+        ),
     ]

@@ -83,6 +83,7 @@ _ORDER = {"notebook": 0, "book": 2, "browser": 3}
 def pytest_collection_modifyitems(session, config, items):
     """Run notebook tests first (they fill the book's execution cache), then the unit
     tests, then the book build, then the browser tests on the built book."""
+
     def rank(item):
         marks = {m.name for m in item.iter_markers()}
         return min((_ORDER[m] for m in marks if m in _ORDER), default=1)
@@ -116,8 +117,9 @@ def jupyter_book_executable() -> str:
     return str(jb) if jb.exists() else "jupyter-book"
 
 
-def build_book(source: pathlib.Path, *, path_output: pathlib.Path | None = None,
-               extra_args=(), timeout: float = 3600) -> BookBuild:
+def build_book(
+    source: pathlib.Path, *, path_output: pathlib.Path | None = None, extra_args=(), timeout: float = 3600
+) -> BookBuild:
     """Run ``jupyter-book build --keep-going -W -n <source>`` and capture everything."""
     cmd = [jupyter_book_executable(), "build", "--keep-going", "-W", "-n", *extra_args]
     if path_output is not None:
@@ -126,11 +128,11 @@ def build_book(source: pathlib.Path, *, path_output: pathlib.Path | None = None,
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=source, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env=env, timeout=timeout)
+    proc = subprocess.run(
+        cmd, cwd=source, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout
+    )
     out_root = path_output if path_output is not None else source
-    return BookBuild(proc.returncode, proc.stdout, out_root / "_build" / "html",
-                     time.perf_counter() - t0, cmd)
+    return BookBuild(proc.returncode, proc.stdout, out_root / "_build" / "html", time.perf_counter() - t0, cmd)
 
 
 @pytest.fixture(scope="session")
@@ -141,17 +143,14 @@ def built_book(repo_root) -> BookBuild:
         html = pathlib.Path(given).resolve()
         if not (html / "index.html").is_file():
             pytest.fail(f"EWC_BOOK_HTML={given}: no index.html there")
-        return BookBuild(0, f"(book taken from EWC_BOOK_HTML={html}; not built by this session)",
-                         html, 0.0, [])
+        return BookBuild(0, f"(book taken from EWC_BOOK_HTML={html}; not built by this session)", html, 0.0, [])
     out = book_output_root()
     # --all (fresh Sphinx environment): every page is re-read, so every warning is reported
     # again and every notebook page is rendered from the cache that tests/test_notebooks.py
     # has just refreshed (an incremental build would keep older outputs and stay silent
     # about warnings on unchanged pages).
-    build = build_book(repo_root, path_output=None if out == repo_root else out,
-                       extra_args=("--all",))
-    print(f"\n[built_book] {' '.join(build.command)}: exit {build.returncode} "
-          f"in {build.seconds:.0f} s")
+    build = build_book(repo_root, path_output=None if out == repo_root else out, extra_args=("--all",))
+    print(f"\n[built_book] {' '.join(build.command)}: exit {build.returncode} in {build.seconds:.0f} s")
     return build
 
 

@@ -36,7 +36,8 @@ def test_book_builds_without_warnings(built_book):
             f"with {len(problems)} warning/error line(s):\n{listing}\n\n"
             f"----- last lines of the log -----\n{built_book.tail(40)}\n"
             f"----- notebook error reports -----\n{built_book.error_logs() or '(none)'}",
-            pytrace=False)
+            pytrace=False,
+        )
     assert (built_book.html / "index.html").is_file()
 
 
@@ -55,8 +56,10 @@ def test_book_used_fresh_notebook_results(built_book):
     executed = sorted(str(p) for p in EXECUTED_NOTEBOOKS if str(p) in in_toc)
     again = [p for p in executed if f"{p}: Executing notebook" in log]
     not_cached = [p for p in executed if f"{p}: Using cached notebook" not in log]
-    assert not again, ("the book build executed these notebooks a second time (were they edited "
-                       f"after their notebook test ran?): {again}")
+    assert not again, (
+        "the book build executed these notebooks a second time (were they edited "
+        f"after their notebook test ran?): {again}"
+    )
     assert not not_cached, f"the book build did not take these from the cache: {not_cached}"
 
 

@@ -18,8 +18,18 @@ def test_check_int_accepts_python_numpy_and_0d_tensor_ints(value):
     assert check_int("n", value) == 3 and type(check_int("n", value)) is int
 
 
-@pytest.mark.parametrize("value, exc", [(1.5, TypeError), (True, TypeError), ("3", TypeError), (None, TypeError),
-                                        (torch.tensor([3]), TypeError), (0, ValueError), (-2, ValueError)])
+@pytest.mark.parametrize(
+    "value, exc",
+    [
+        (1.5, TypeError),
+        (True, TypeError),
+        ("3", TypeError),
+        (None, TypeError),
+        (torch.tensor([3]), TypeError),
+        (0, ValueError),
+        (-2, ValueError),
+    ],
+)
 def test_check_int_wrong_type_is_a_type_error_out_of_range_a_value_error(value, exc):
     with pytest.raises(exc, match=r"^n: expected .*, got "):
         check_int("n", value)

@@ -53,8 +53,9 @@ def mean_loss(net, task):
 def test_records_shape_and_history_methods():
     tasks = two_tasks()
     net = ewc_lib.mlp([10, 8, 2], seed=0)
-    hist = train_continual(net, tasks, method="ewc", lam=5.0, lr=0.1, epochs_per_task=2,
-                           batch_size=50, eval_every=3, progress=False)
+    hist = train_continual(
+        net, tasks, method="ewc", lam=5.0, lr=0.1, epochs_per_task=2, batch_size=50, eval_every=3, progress=False
+    )
     assert isinstance(hist, ContinualHistory) and hist.method == "ewc"
     steps_per_task = 2 * 4
     assert hist.config["steps_per_task"] == [steps_per_task, steps_per_task]
@@ -83,8 +84,18 @@ def test_determinism_same_seed_and_rng_untouched():
 
     def run(seed):
         net = ewc_lib.mlp([10, 16, 2], dropout_hidden=0.5, seed=0)
-        hist = train_continual(net, tasks, method="ewc", lam=3.0, lr=0.2, epochs_per_task=2,
-                               batch_size=32, eval_every=5, seed=seed, progress=False)
+        hist = train_continual(
+            net,
+            tasks,
+            method="ewc",
+            lam=3.0,
+            lr=0.2,
+            epochs_per_task=2,
+            batch_size=32,
+            eval_every=5,
+            seed=seed,
+            progress=False,
+        )
         return hist, params_vec(net)
 
     state = torch.random.get_rng_state()
@@ -99,8 +110,7 @@ def test_determinism_same_seed_and_rng_untouched():
 def test_sgd_and_no_eval_every():
     tasks = two_tasks()
     net = linear_net()
-    hist = train_continual(net, tasks, method="sgd", lr=0.5, epochs_per_task=3, batch_size=40,
-                           progress=False)
+    hist = train_continual(net, tasks, method="sgd", lr=0.5, epochs_per_task=3, batch_size=40, progress=False)
     assert hist.penalty is None
     assert len(hist.records) == 4 and all(r["end_of_task"] for r in hist.records)
     # both tasks are learnable and do not interfere much (disjoint inputs)
@@ -111,18 +121,17 @@ def test_sgd_and_no_eval_every():
 def test_huge_lam_keeps_parameters_at_anchor():
     """Large (but stable: lr * lam * max F < 2) lam: EWC keeps the Fisher-weighted distance to
     the end of task A tiny, L2 the Euclidean one; plain SGD moves far."""
-    tasks = [make_task("A", list(range(10)), seed=1),
-             make_task("B", list(range(10))[::-1], seed=2)]
+    tasks = [make_task("A", list(range(10)), seed=1), make_task("B", list(range(10))[::-1], seed=2)]
     anchor_net = linear_net()
-    train_continual(anchor_net, tasks[:1], method="sgd", lr=0.1, epochs_per_task=5,
-                    batch_size=20, progress=False)
+    train_continual(anchor_net, tasks[:1], method="sgd", lr=0.1, epochs_per_task=5, batch_size=20, progress=False)
     anchor = {n: p.detach() for n, p in anchor_net.named_parameters()}
     fisher = ewc_lib.curvature.fisher_diagonal(anchor_net, tasks[0].x_train)
     euclid, weighted = {}, {}
     for method, lam in (("sgd", 0.0), ("l2", 15.0), ("ewc", 50.0)):
         net = linear_net()
-        hist = train_continual(net, tasks, method=method, lam=lam, lr=0.1, epochs_per_task=5,
-                               batch_size=20, progress=False)
+        hist = train_continual(
+            net, tasks, method=method, lam=lam, lr=0.1, epochs_per_task=5, batch_size=20, progress=False
+        )
         if hist.penalty is not None:  # the stored anchor is the end of task A, bit for bit
             for n, a in hist.penalty.anchors[0].items():
                 torch.testing.assert_close(a, anchor[n], rtol=0, atol=0)
@@ -139,8 +148,9 @@ def test_ewc_learns_b_where_l2_cannot():
     out = {}
     for method in ("l2", "ewc"):
         net = linear_net()
-        hist = train_continual(net, tasks, method=method, lam=15.0, lr=0.1, epochs_per_task=10,
-                               batch_size=20, progress=False)
+        hist = train_continual(
+            net, tasks, method=method, lam=15.0, lr=0.1, epochs_per_task=10, batch_size=20, progress=False
+        )
         out[method] = (hist, mean_loss(net, tasks[1]), mean_loss(net, tasks[0]))
     (_, b_l2, _), (h_ewc, b_ewc, _) = out["l2"], out["ewc"]
     assert b_ewc < 0.5 * b_l2, (b_ewc, b_l2)
@@ -155,9 +165,11 @@ def test_penalty_mode_online_runs_and_matches_separate_for_two_tasks():
     hists = []
     for mode, gamma in (("separate", 1.0), ("online", 0.5)):
         net = ewc_lib.mlp([10, 8, 2], seed=0)
-        hists.append(train_continual(net, tasks, method="ewc", lam=5.0, lr=0.1,
-                                     penalty_mode=mode, gamma=gamma, batch_size=50,
-                                     progress=False))
+        hists.append(
+            train_continual(
+                net, tasks, method="ewc", lam=5.0, lr=0.1, penalty_mode=mode, gamma=gamma, batch_size=50, progress=False
+            )
+        )
     # only one consolidation happens with two tasks, so both modes train identically
     assert hists[0].records == hists[1].records
     assert hists[1].penalty.mode == "online"
@@ -167,9 +179,18 @@ def test_penalty_mode_online_runs_and_matches_separate_for_two_tasks():
 def test_every_fisher_estimator_runs(estimator):
     tasks = two_tasks()
     net = ewc_lib.mlp([10, 8, 2], seed=0)
-    hist = train_continual(net, tasks, method="ewc", lam=5.0, lr=0.1, batch_size=50,
-                           fisher_estimator=estimator, fisher_num_examples=60,
-                           fisher_batch_size=10, progress=False)
+    hist = train_continual(
+        net,
+        tasks,
+        method="ewc",
+        lam=5.0,
+        lr=0.1,
+        batch_size=50,
+        fisher_estimator=estimator,
+        fisher_num_examples=60,
+        fisher_batch_size=10,
+        progress=False,
+    )
     fisher = hist.penalty.fishers[0]
     assert all(torch.isfinite(f).all() and (f >= 0).all() for f in fisher.values())
 
@@ -178,8 +199,9 @@ def test_fisher_used_is_the_mean_fisher_at_the_end_of_a():
     """The stored Fisher equals fisher_diagonal at the end of task A on the same examples."""
     tasks = two_tasks()
     net = ewc_lib.mlp([10, 8, 2], seed=0, dtype=torch.float64)
-    hist = train_continual(net, [tasks[0], tasks[0]], method="ewc", lam=0.0, lr=0.1,
-                           batch_size=50, fisher_num_examples=40, progress=False)
+    hist = train_continual(
+        net, [tasks[0], tasks[0]], method="ewc", lam=0.0, lr=0.1, batch_size=50, fisher_num_examples=40, progress=False
+    )
     anchor = hist.penalty.anchors[0]
     ref_net = ewc_lib.mlp([10, 8, 2], seed=0, dtype=torch.float64)
     with torch.no_grad():
@@ -201,24 +223,27 @@ def test_evaluate_accuracy():
 
 
 # ----------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(method="adam"), ValueError, "method"),
-    (dict(method="sgd", lam=1.0), ValueError, "lam"),
-    (dict(method="ewc", lam=-1.0), ValueError, "lam"),
-    (dict(method="ewc", lam=float("nan")), ValueError, "lam"),
-    (dict(lr=0.0), ValueError, "lr"),
-    (dict(lr=float("inf")), ValueError, "lr"),
-    (dict(epochs_per_task=0), ValueError, "epochs_per_task"),
-    (dict(batch_size=1.5), TypeError, "batch_size"),
-    (dict(eval_every=0), ValueError, "eval_every"),
-    (dict(eval_num_examples=-3), ValueError, "eval_num_examples"),
-    (dict(fisher_num_examples=0), ValueError, "fisher_num_examples"),
-    (dict(method="ewc", fisher_estimator="kfac"), ValueError, "fisher_estimator"),
-    (dict(method="ewc", penalty_mode="sum"), ValueError, "mode"),
-    (dict(method="ewc", gamma=0.9), ValueError, "gamma"),
-    (dict(method="ewc", penalty_mode="online", gamma=1.5), ValueError, "gamma"),
-    (dict(seed=-1), ValueError, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(method="adam"), ValueError, "method"),
+        (dict(method="sgd", lam=1.0), ValueError, "lam"),
+        (dict(method="ewc", lam=-1.0), ValueError, "lam"),
+        (dict(method="ewc", lam=float("nan")), ValueError, "lam"),
+        (dict(lr=0.0), ValueError, "lr"),
+        (dict(lr=float("inf")), ValueError, "lr"),
+        (dict(epochs_per_task=0), ValueError, "epochs_per_task"),
+        (dict(batch_size=1.5), TypeError, "batch_size"),
+        (dict(eval_every=0), ValueError, "eval_every"),
+        (dict(eval_num_examples=-3), ValueError, "eval_num_examples"),
+        (dict(fisher_num_examples=0), ValueError, "fisher_num_examples"),
+        (dict(method="ewc", fisher_estimator="kfac"), ValueError, "fisher_estimator"),
+        (dict(method="ewc", penalty_mode="sum"), ValueError, "mode"),
+        (dict(method="ewc", gamma=0.9), ValueError, "gamma"),
+        (dict(method="ewc", penalty_mode="online", gamma=1.5), ValueError, "gamma"),
+        (dict(seed=-1), ValueError, "seed"),
+    ],
+)
 def test_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         train_continual(linear_net(), two_tasks(), progress=False, **kwargs)
@@ -243,19 +268,16 @@ def test_bad_tasks_and_model():
 
 def test_divergence_is_reported():
     with pytest.raises(FloatingPointError, match="lower lr"):
-        train_continual(linear_net(), two_tasks(), method="l2", lam=1e6, lr=1.0,
-                        epochs_per_task=3, progress=False)
+        train_continual(linear_net(), two_tasks(), method="l2", lam=1e6, lr=1.0, epochs_per_task=3, progress=False)
 
 
 def test_penalty_step_curvature_is_recorded():
     tasks = two_tasks() + [make_task("C", [0, 9], seed=3)]
     net = linear_net()
-    hist = train_continual(net, tasks, method="l2", lam=3.0, lr=0.1, batch_size=50,
-                           progress=False)
+    hist = train_continual(net, tasks, method="l2", lam=3.0, lr=0.1, batch_size=50, progress=False)
     # L2, separate: after k consolidations the Hessian is 3 * k * I
     np.testing.assert_allclose(hist.penalty_step_curvature, [0.3, 0.6], rtol=1e-12)
-    hist = train_continual(linear_net(), tasks, method="ewc", lam=3.0, lr=0.1, batch_size=50,
-                           progress=False)
+    hist = train_continual(linear_net(), tasks, method="ewc", lam=3.0, lr=0.1, batch_size=50, progress=False)
     assert len(hist.penalty_step_curvature) == 2
     assert hist.penalty_step_curvature[-1] == pytest.approx(0.1 * hist.penalty.max_curvature())
     assert train_continual(linear_net(), tasks, progress=False).penalty_step_curvature == []
@@ -280,7 +302,7 @@ def test_proximal_step_is_the_exact_minimiser_of_the_prox_problem():
         net.weight.fill_(1.7)
     pen.proximal_step(net, lr)
     expected = (1.7 + lr * lam * f * anchor) / (1 + lr * lam * f)
-    assert abs(net.weight.item() - expected) < 1e-6   # float32 parameter: a few ulps
+    assert abs(net.weight.item() - expected) < 1e-6  # float32 parameter: a few ulps
 
 
 def test_proximal_step_matches_a_gradient_step_to_second_order():
@@ -310,8 +332,17 @@ def test_proximal_training_fixed_point_is_a_stationary_point_of_the_objective():
     for t in tasks:
         for attr in ("x_train", "x_test"):
             setattr(t, attr, getattr(t, attr).double())
-    hist = train_continual(net, tasks, method="l2", lam=1.0, lr=0.5, epochs_per_task=400,
-                           batch_size=200, penalty_step="proximal", progress=False)
+    hist = train_continual(
+        net,
+        tasks,
+        method="l2",
+        lam=1.0,
+        lr=0.5,
+        epochs_per_task=400,
+        batch_size=200,
+        penalty_step="proximal",
+        progress=False,
+    )
     assert hist.penalty_step_curvature[0] > 0
     net.zero_grad()
     loss = torch.nn.functional.cross_entropy(net(tasks[1].x_train), tasks[1].y_train)
@@ -326,7 +357,7 @@ def test_proximal_step_is_stable_where_the_gradient_step_diverges():
     with pytest.raises(FloatingPointError):
         train_continual(linear_net(), tasks, penalty_step="gradient", **kwargs)
     hist = train_continual(linear_net(), tasks, penalty_step="proximal", **kwargs)
-    assert hist.penalty_step_curvature[0] > 2          # far beyond the explicit bound
+    assert hist.penalty_step_curvature[0] > 2  # far beyond the explicit bound
     assert np.isfinite(hist.accuracy_matrix()).all()
 
 
@@ -340,9 +371,15 @@ def test_penalty_step_is_validated():
 
 # ------------------------------------------------------------------ early stopping, callback
 def _with_validation(task, n_val=50):
-    return SimpleNamespace(name=task.name, x_train=task.x_train[:-n_val],
-                           y_train=task.y_train[:-n_val], x_val=task.x_train[-n_val:],
-                           y_val=task.y_train[-n_val:], x_test=task.x_test, y_test=task.y_test)
+    return SimpleNamespace(
+        name=task.name,
+        x_train=task.x_train[:-n_val],
+        y_train=task.y_train[:-n_val],
+        x_val=task.x_train[-n_val:],
+        y_val=task.y_train[-n_val:],
+        x_test=task.x_test,
+        y_test=task.y_test,
+    )
 
 
 def test_early_stopping_restores_the_best_validation_weights():
@@ -352,12 +389,21 @@ def test_early_stopping_restores_the_best_validation_weights():
     def callback(step, model):
         seen.append(step)
 
-    hist = train_continual(linear_net(), tasks, method="sgd", lr=0.5, epochs_per_task=60,
-                           batch_size=40, early_stopping=2, callback=callback, progress=False)
+    hist = train_continual(
+        linear_net(),
+        tasks,
+        method="sgd",
+        lr=0.5,
+        epochs_per_task=60,
+        batch_size=40,
+        early_stopping=2,
+        callback=callback,
+        progress=False,
+    )
     assert all(1 <= e <= 60 for e in hist.epochs_run)
-    assert min(hist.epochs_run) < 60          # the separable tasks saturate quickly
+    assert min(hist.epochs_run) < 60  # the separable tasks saturate quickly
     assert seen == list(range(1, len(seen) + 1))
-    assert seen[-1] == hist.task_boundaries[-1] + hist.epochs_run[-1] * 4   # 4 steps an epoch
+    assert seen[-1] == hist.task_boundaries[-1] + hist.epochs_run[-1] * 4  # 4 steps an epoch
 
 
 def test_early_stopping_keeps_the_best_epoch():
@@ -366,14 +412,24 @@ def test_early_stopping_keeps_the_best_epoch():
     best = {}
 
     def callback(step, model):
-        if step % 4 == 0:                     # end of an epoch (150 images, batches of 40)
+        if step % 4 == 0:  # end of an epoch (150 images, batches of 40)
             acc = evaluate_accuracy(model, tasks[0].x_val, tasks[0].y_val)
             if acc > best.get("acc", -1):
                 best.update(acc=acc, w=params_vec(model).clone())
 
     net = linear_net()
-    train_continual(net, tasks, method="sgd", lr=2.0, epochs_per_task=15, batch_size=40,
-                    early_stopping=3, callback=callback, progress=False, seed=3)
+    train_continual(
+        net,
+        tasks,
+        method="sgd",
+        lr=2.0,
+        epochs_per_task=15,
+        batch_size=40,
+        early_stopping=3,
+        callback=callback,
+        progress=False,
+        seed=3,
+    )
     assert torch.equal(params_vec(net), best["w"])
 
 
@@ -413,9 +469,10 @@ def test_fisher_fn_replaces_the_estimator():
         return fisher_diagonal_loop(model, x[:30])
 
     net = ewc_lib.mlp([10, 8, 2], seed=0, dtype=torch.float64)
-    hist = train_continual(net, [tasks[0], tasks[0]], method="ewc", lam=0.0, lr=0.1,
-                           batch_size=50, fisher_fn=reference, progress=False)
-    assert calls == [(False, tasks[0].x_train.shape[0])]   # eval mode, the whole training set
+    hist = train_continual(
+        net, [tasks[0], tasks[0]], method="ewc", lam=0.0, lr=0.1, batch_size=50, fisher_fn=reference, progress=False
+    )
+    assert calls == [(False, tasks[0].x_train.shape[0])]  # eval mode, the whole training set
     assert hist.config["fisher_fn"] == "reference"
     with pytest.raises(TypeError, match="fisher_fn"):
         train_continual(net, tasks, method="ewc", lam=1.0, fisher_fn="exact", progress=False)

@@ -43,8 +43,15 @@ def gen(seed=0):
 
 
 def options(case, estimator, targets, seed=0):
-    return dict(likelihood=case.likelihood, sigma2=case.sigma2, estimator=estimator, targets=targets,
-                num_samples=3, batch_size=3 if estimator == "batched_empirical" else None, generator=gen(seed))
+    return dict(
+        likelihood=case.likelihood,
+        sigma2=case.sigma2,
+        estimator=estimator,
+        targets=targets,
+        num_samples=3,
+        batch_size=3 if estimator == "batched_empirical" else None,
+        generator=gen(seed),
+    )
 
 
 # ------------------------------------------------------------------ the identities
@@ -78,10 +85,19 @@ def test_matrix_against_reference_loop(case, estimator):
     M = ewc_lib.fisher_matrix(model, x, **opts)
     sampled = None
     if estimator == "mc":
-        sampled = ewc_lib.sample_targets(model, x, likelihood=case.likelihood, num_samples=3, generator=gen(0),
-                                         sigma2=case.sigma2)
-    R = reference.fisher_matrix_loop(model, x, likelihood=case.likelihood, estimator=estimator, targets=y,
-                                     sampled_targets=sampled, batch_size=3, sigma2=case.sigma2)
+        sampled = ewc_lib.sample_targets(
+            model, x, likelihood=case.likelihood, num_samples=3, generator=gen(0), sigma2=case.sigma2
+        )
+    R = reference.fisher_matrix_loop(
+        model,
+        x,
+        likelihood=case.likelihood,
+        estimator=estimator,
+        targets=y,
+        sampled_targets=sampled,
+        batch_size=3,
+        sigma2=case.sigma2,
+    )
     assert_close(M, R, what=f"{case}/{estimator}: fisher_matrix vs per-example loop")
 
 
@@ -102,8 +118,7 @@ def test_fast_path_every_layer_type_against_reference(name, model, shape, estima
     x = torch.randn(7, *shape, generator=gen(3), dtype=torch.float64)
     y = torch.randint(0, 3, (7,), generator=gen(4))
     model.train()  # dropout must be switched off by the library and the mode restored
-    d = ewc_lib.fisher_diagonal(model, x, estimator=estimator, targets=y, num_samples=2, generator=gen(5),
-                                batch_size=3)
+    d = ewc_lib.fisher_diagonal(model, x, estimator=estimator, targets=y, num_samples=2, generator=gen(5), batch_size=3)
     assert model.training
     sampled = ewc_lib.sample_targets(model, x, num_samples=2, generator=gen(5))
     ref = reference.fisher_diagonal_loop(model, x, estimator=estimator, targets=y, sampled_targets=sampled)
@@ -137,10 +152,14 @@ def test_gaussian_fisher_scales_like_one_over_sigma2():
 def test_hessian_against_double_backward_loop(case):
     model, x, y = make(case)
     kw = dict(likelihood=case.likelihood, sigma2=case.sigma2)
-    assert_close(ewc_lib.hessian(model, x, y, **kw), reference.hessian_loop(model, x, y, **kw),
-                 what=f"{case}: hessian vs loop")
-    assert_close(ewc_lib.expected_hessian(model, x, **kw), reference.expected_hessian_loop(model, x, **kw),
-                 what=f"{case}: expected_hessian vs loop")
+    assert_close(
+        ewc_lib.hessian(model, x, y, **kw), reference.hessian_loop(model, x, y, **kw), what=f"{case}: hessian vs loop"
+    )
+    assert_close(
+        ewc_lib.expected_hessian(model, x, **kw),
+        reference.expected_hessian_loop(model, x, **kw),
+        what=f"{case}: expected_hessian vs loop",
+    )
     assert_close(ewc_lib.ggn(model, x, **kw), reference.ggn_loop(model, x, **kw), what=f"{case}: ggn vs loop")
 
 
@@ -150,8 +169,11 @@ def test_hessian_equals_expected_hessian_at_a_perfect_gaussian_fit(case):
     with torch.no_grad():
         y = model(x)
     kw = dict(likelihood="gaussian", sigma2=case.sigma2)
-    assert_close(ewc_lib.hessian(model, x, y, **kw), ewc_lib.expected_hessian(model, x, **kw),
-                 what=f"{case}: H vs E[H] at a perfect fit")
+    assert_close(
+        ewc_lib.hessian(model, x, y, **kw),
+        ewc_lib.expected_hessian(model, x, **kw),
+        what=f"{case}: H vs E[H] at a perfect fit",
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -176,7 +198,7 @@ def _per_class_squared_scores(model, x):
         p = torch.softmax(model(x), -1)
     n, c = p.shape
     g = torch.stack([reference.per_example_scores(model, x, torch.full((n,), k)) for k in range(c)], 1)
-    return g ** 2, p
+    return g**2, p
 
 
 @pytest.mark.parametrize("case", CATEGORICAL[:3], ids=str)
@@ -186,7 +208,7 @@ def test_mc_converges_to_exact_within_standard_errors(case):
     g2, p = _per_class_squared_scores(model, x)
     mean = (p.unsqueeze(-1) * g2).sum(1)  # (N, P): per-example exact Fisher diagonal
     assert_close(mean.mean(0), exact, what="per-class loop vs exact")
-    var = (p.unsqueeze(-1) * g2 ** 2).sum(1) - mean ** 2  # per-example variance of one draw
+    var = (p.unsqueeze(-1) * g2**2).sum(1) - mean**2  # per-example variance of one draw
     n = x.shape[0]
     errors = {}
     for s in (4, 64, 1024):
@@ -206,22 +228,25 @@ def test_mc_gaussian_and_bernoulli_within_standard_errors(case):
     kw = dict(likelihood=case.likelihood, sigma2=case.sigma2)
     n = x.shape[0]
     # per-example exact diagonals a_n (one example at a time)
-    a = torch.stack([flatten_params(ewc_lib.fisher_diagonal(model, x[i:i + 1], **kw)) for i in range(n)])
+    a = torch.stack([flatten_params(ewc_lib.fisher_diagonal(model, x[i : i + 1], **kw)) for i in range(n)])
     if case.likelihood == "gaussian":
         # g_i = eps^T J_i / sqrt(sigma2) with eps ~ N(0, I) is N(0, a_ni): Var(g^2) = 2 a^2
-        var = 2 * a ** 2
+        var = 2 * a**2
     else:
         with torch.no_grad():
             s = torch.sigmoid(model(x))  # (n, 1)
-        g2 = {y: reference.per_example_scores(model, x, torch.full((n,), float(y)), likelihood="bernoulli") ** 2
-              for y in (0, 1)}
+        g2 = {
+            y: reference.per_example_scores(model, x, torch.full((n,), float(y)), likelihood="bernoulli") ** 2
+            for y in (0, 1)
+        }
         second = s * g2[1] ** 2 + (1 - s) * g2[0] ** 2
-        var = second - a ** 2
+        var = second - a**2
     exact = a.mean(0)
     assert_close(flatten_params(ewc_lib.fisher_diagonal(model, x, **kw)), exact, what="mean of per-example")
     for num in (16, 1024):
-        mc = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=num, generator=gen(num),
-                                                    **kw))
+        mc = flatten_params(
+            ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=num, generator=gen(num), **kw)
+        )
         se = (var.sum(0) / (n * n * num)).sqrt()
         z = (mc - exact).abs() / se.clamp_min(1e-300)
         ok = (z <= MC_SIGMAS) | (se < 1e-14)
@@ -290,12 +315,16 @@ def test_mc_reproducible_and_equal_to_empirical_on_sampled_targets():
     case = CATEGORICAL[1]
     model, x, _ = make(case)
     a = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=5, generator=gen(7)))
-    b = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=5, generator=gen(7),
-                                               batch_size=2))
+    b = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=5, generator=gen(7), batch_size=2))
     assert torch.equal(a, b) or (a - b).abs().max() < 1e-15 * a.abs().max() * 100
     yhat = ewc_lib.sample_targets(model, x, num_samples=5, generator=gen(7))
-    ef = sum(flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="empirical", targets=yhat[:, s]))
-             for s in range(5)) / 5
+    ef = (
+        sum(
+            flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="empirical", targets=yhat[:, s]))
+            for s in range(5)
+        )
+        / 5
+    )
     assert_close(a, ef, what="mc vs mean of EF over the same sampled labels")
 
 
@@ -310,8 +339,12 @@ def _small_case(seed, likelihood, activation):
 
 
 @_PROPERTY
-@given(seed=st.integers(0, 10_000), likelihood=st.sampled_from(["categorical", "gaussian", "bernoulli"]),
-       estimator=st.sampled_from(ESTIMATORS), activation=st.sampled_from(["tanh", "relu", "sigmoid"]))
+@given(
+    seed=st.integers(0, 10_000),
+    likelihood=st.sampled_from(["categorical", "gaussian", "bernoulli"]),
+    estimator=st.sampled_from(ESTIMATORS),
+    activation=st.sampled_from(["tanh", "relu", "sigmoid"]),
+)
 def test_property_symmetric_psd(seed, likelihood, estimator, activation):
     case = _small_case(seed, likelihood, activation)
     model, x, y = make(case)
@@ -322,9 +355,13 @@ def test_property_symmetric_psd(seed, likelihood, estimator, activation):
 
 
 @_PROPERTY
-@given(seed=st.integers(0, 10_000), likelihood=st.sampled_from(["categorical", "gaussian", "bernoulli"]),
-       estimator=st.sampled_from(["exact", "empirical", "mc"]), chunk=st.integers(1, 7),
-       perm_seed=st.integers(0, 100))
+@given(
+    seed=st.integers(0, 10_000),
+    likelihood=st.sampled_from(["categorical", "gaussian", "bernoulli"]),
+    estimator=st.sampled_from(["exact", "empirical", "mc"]),
+    chunk=st.integers(1, 7),
+    perm_seed=st.integers(0, 100),
+)
 def test_property_invariant_to_order_and_chunk_size(seed, likelihood, estimator, chunk, perm_seed):
     case = _small_case(seed, likelihood, "tanh")
     model, x, y = make(case)
@@ -340,8 +377,11 @@ def test_property_invariant_to_order_and_chunk_size(seed, likelihood, estimator,
 
 
 @_PROPERTY
-@given(seed=st.integers(0, 10_000), likelihood=st.sampled_from(["categorical", "gaussian", "bernoulli"]),
-       estimator=st.sampled_from(["exact", "empirical", "batched_empirical"]))
+@given(
+    seed=st.integers(0, 10_000),
+    likelihood=st.sampled_from(["categorical", "gaussian", "bernoulli"]),
+    estimator=st.sampled_from(["exact", "empirical", "batched_empirical"]),
+)
 def test_property_doubling_the_data_keeps_the_mean(seed, likelihood, estimator):
     case = _small_case(seed, likelihood, "tanh")
     model, x, y = make(case)
@@ -383,6 +423,7 @@ def test_backpack_cross_check(activation):
 
 def make_model_copy(model):
     import copy
+
     return copy.deepcopy(model)
 
 
@@ -417,33 +458,55 @@ def _bad_calls():
         ("num_samples 0", lambda: F(model, x, estimator="mc", num_samples=0), ValueError, "num_samples"),
         ("num_samples float", lambda: F(model, x, estimator="mc", num_samples=2.0), TypeError, "num_samples"),
         ("batch_size 0", lambda: F(model, x, batch_size=0), ValueError, "batch_size"),
-        ("batched without B", lambda: F(model, x, estimator="batched_empirical", targets=y), ValueError,
-         "batch_size"),
+        ("batched without B", lambda: F(model, x, estimator="batched_empirical", targets=y), ValueError, "batch_size"),
         ("empirical no targets", lambda: F(model, x, estimator="empirical"), ValueError, "targets"),
-        ("targets out of range", lambda: F(model, x, estimator="empirical", targets=y + 5), ValueError,
-         "targets"),
+        ("targets out of range", lambda: F(model, x, estimator="empirical", targets=y + 5), ValueError, "targets"),
         ("targets negative", lambda: F(model, x, estimator="empirical", targets=y - 5), ValueError, "targets"),
         ("targets float", lambda: F(model, x, estimator="empirical", targets=y.double()), TypeError, "targets"),
         ("targets length", lambda: F(model, x, estimator="empirical", targets=y[:-1]), ValueError, "targets"),
         ("targets 2-d", lambda: F(model, x, estimator="empirical", targets=y[:, None]), ValueError, "targets"),
-        ("gaussian targets int", lambda: F(gauss_model, gx, likelihood="gaussian", estimator="empirical",
-                                           targets=gy.long()), TypeError, "targets"),
-        ("gaussian targets shape", lambda: F(gauss_model, gx, likelihood="gaussian", estimator="empirical",
-                                             targets=gy[:, :1]), ValueError, "targets"),
-        ("bernoulli targets 2", lambda: F(make_model(CASES[-1]), make_inputs(CASES[-1]), likelihood="bernoulli",
-                                          estimator="empirical", targets=torch.full((7,), 2.0)), ValueError,
-         "targets"),
+        (
+            "gaussian targets int",
+            lambda: F(gauss_model, gx, likelihood="gaussian", estimator="empirical", targets=gy.long()),
+            TypeError,
+            "targets",
+        ),
+        (
+            "gaussian targets shape",
+            lambda: F(gauss_model, gx, likelihood="gaussian", estimator="empirical", targets=gy[:, :1]),
+            ValueError,
+            "targets",
+        ),
+        (
+            "bernoulli targets 2",
+            lambda: F(
+                make_model(CASES[-1]),
+                make_inputs(CASES[-1]),
+                likelihood="bernoulli",
+                estimator="empirical",
+                targets=torch.full((7,), 2.0),
+            ),
+            ValueError,
+            "targets",
+        ),
         ("output shape bernoulli", lambda: F(model, x, likelihood="bernoulli"), ValueError, "model output"),
-        ("output shape categorical C=1", lambda: F(make_model(GAUSSIAN[0]), make_inputs(GAUSSIAN[0])),
-         ValueError, "model output"),
+        (
+            "output shape categorical C=1",
+            lambda: F(make_model(GAUSSIAN[0]), make_inputs(GAUSSIAN[0])),
+            ValueError,
+            "model output",
+        ),
         ("sigma2 0", lambda: F(gauss_model, gx, likelihood="gaussian", sigma2=0.0), ValueError, "sigma2"),
         ("generator type", lambda: F(model, x, estimator="mc", generator=0), TypeError, "generator"),
-        ("matrix unknown estimator", lambda: ewc_lib.fisher_matrix(model, x, estimator="x"), ValueError,
-         "estimator"),
+        ("matrix unknown estimator", lambda: ewc_lib.fisher_matrix(model, x, estimator="x"), ValueError, "estimator"),
         ("hessian no targets", lambda: ewc_lib.hessian(model, x, None), ValueError, "targets"),
         ("ggn nan inputs", lambda: ewc_lib.ggn(model, xnan), ValueError, "inputs"),
-        ("expected_hessian likelihood", lambda: ewc_lib.expected_hessian(model, x, likelihood="normal"),
-         ValueError, "likelihood"),
+        (
+            "expected_hessian likelihood",
+            lambda: ewc_lib.expected_hessian(model, x, likelihood="normal"),
+            ValueError,
+            "likelihood",
+        ),
     ], model
 
 
@@ -488,9 +551,12 @@ def test_works_under_no_grad():
 
 
 def test_cholesky_factor_of_the_softmax_hessian_including_saturated_outputs():
-    f = torch.cat([torch.randn(20, 5, generator=gen(11), dtype=torch.float64) * 3,
-                   torch.tensor([[800.0, 0, 0, 0, 0], [0, 0, 0, 0, 800.0], [0, 800.0, 800.0, 0, 0]],
-                                dtype=torch.float64)])  # p exactly one-hot / two-hot (underflow)
+    f = torch.cat(
+        [
+            torch.randn(20, 5, generator=gen(11), dtype=torch.float64) * 3,
+            torch.tensor([[800.0, 0, 0, 0, 0], [0, 0, 0, 0, 800.0], [0, 800.0, 800.0, 0, 0]], dtype=torch.float64),
+        ]
+    )  # p exactly one-hot / two-hot (underflow)
     v = likelihoods._cholesky_output_hessian(f)
     assert v.shape == (23, 4, 5) and torch.isfinite(v).all()
     p = torch.softmax(f, -1)
@@ -524,8 +590,9 @@ def test_generic_path_model_with_batchnorm_left_untouched():
 
 def test_inplace_activation_fast_path():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(3, 4), nn.LeakyReLU(0.2, inplace=True),
-                          nn.Linear(4, 3)).double()
+    model = nn.Sequential(
+        nn.ReLU(inplace=True), nn.Linear(3, 4), nn.LeakyReLU(0.2, inplace=True), nn.Linear(4, 3)
+    ).double()
     x = make_inputs(CASES[0])
     x0 = x.clone()
     d = ewc_lib.fisher_diagonal(model, x)
@@ -542,8 +609,11 @@ def test_dense_functions_refuse_huge_models_and_hessian_chunking():
     model, x, y = make(CATEGORICAL[0])
     assert_close(ewc_lib.hessian(model, x, y, batch_size=2), ewc_lib.hessian(model, x, y), what="hessian chunks")
     assert_close(ewc_lib.ggn(model, x, batch_size=3), ewc_lib.ggn(model, x), what="ggn chunks")
-    assert_close(ewc_lib.expected_hessian(model, x, batch_size=4), ewc_lib.expected_hessian(model, x),
-                 what="expected_hessian chunks")
+    assert_close(
+        ewc_lib.expected_hessian(model, x, batch_size=4),
+        ewc_lib.expected_hessian(model, x),
+        what="expected_hessian chunks",
+    )
 
 
 @pytest.mark.parametrize("estimator", ["exact", "mc", "empirical"])

@@ -75,8 +75,7 @@ def test_load_mnist_class_counts_published(mnist):
     # Published MNIST training-set class counts.
     counts = np.bincount(mnist[1], minlength=10).tolist()
     assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    assert np.bincount(mnist[3], minlength=10).tolist() == [
-        980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert np.bincount(mnist[3], minlength=10).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 def test_load_mnist_accepts_path_and_env(tmp_path, monkeypatch):
@@ -105,8 +104,7 @@ def _readme_table() -> dict[str, str]:
 
 def test_checksum_table_matches_readme():
     table = _readme_table()
-    assert table == MNIST_SHA256, (
-        "data/README.md and ewc_lib/data.py (MNIST_SHA256) list different checksums")
+    assert table == MNIST_SHA256, "data/README.md and ewc_lib/data.py (MNIST_SHA256) list different checksums"
     assert set(table) == set(MNIST_SHAPES)
 
 
@@ -134,8 +132,7 @@ def _assert_bad(path: pathlib.Path, *expected_fragments: str):
         assert frag in msg, f"the error should say {frag!r}: {msg}"
     after = file_sha256(path) if path.exists() else None
     assert before == after, "load_mnist modified the file"
-    assert not any(p.name != path.name for p in path.parent.iterdir()), \
-        "load_mnist wrote something next to the file"
+    assert not any(p.name != path.name for p in path.parent.iterdir()), "load_mnist wrote something next to the file"
     return msg
 
 
@@ -213,18 +210,20 @@ def test_as_tensors(mnist):
     assert tuple(x.shape) == (7, 784) and x.dtype == torch.get_default_dtype()
     assert y.dtype == torch.int64 and y.tolist() == [5, 0, 4, 1, 9, 2, 1]
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    np.testing.assert_array_equal(
-        x.numpy(), mnist[0][:7].reshape(7, 784).astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(x.numpy(), mnist[0][:7].reshape(7, 784).astype(np.float32) / np.float32(255))
     x64, _ = as_tensors(mnist[0][:2].reshape(2, 784), mnist[1][:2], dtype=torch.float64)
     assert x64.dtype == torch.float64
 
 
-@pytest.mark.parametrize("images,labels", [
-    (np.zeros((3, 28, 28), np.uint8), np.zeros(2, np.uint8)),      # N mismatch
-    (np.zeros((3, 27, 27), np.uint8), np.zeros(3, np.uint8)),      # wrong pixel count
-    (np.zeros((3, 28, 28), np.uint8), np.zeros((3, 1), np.uint8)),  # 2-D labels
-    (np.zeros(784, np.uint8), np.zeros(1, np.uint8)),               # 1-D images
-])
+@pytest.mark.parametrize(
+    "images,labels",
+    [
+        (np.zeros((3, 28, 28), np.uint8), np.zeros(2, np.uint8)),  # N mismatch
+        (np.zeros((3, 27, 27), np.uint8), np.zeros(3, np.uint8)),  # wrong pixel count
+        (np.zeros((3, 28, 28), np.uint8), np.zeros((3, 1), np.uint8)),  # 2-D labels
+        (np.zeros(784, np.uint8), np.zeros(1, np.uint8)),  # 1-D images
+    ],
+)
 def test_as_tensors_bad_shapes(images, labels):
     with pytest.raises(ValueError):
         as_tensors(images, labels)
@@ -261,15 +260,18 @@ def test_task_permutations_identity_first_false():
     assert all(_is_bijection(q) and not np.array_equal(q, IDENTITY) for q in p)
 
 
-@pytest.mark.parametrize("kwargs,exc", [
-    (dict(num_tasks=0, seed=0), ValueError),
-    (dict(num_tasks=-2, seed=0), ValueError),
-    (dict(num_tasks=2.0, seed=0), TypeError),
-    (dict(num_tasks=True, seed=0), TypeError),
-    (dict(num_tasks=2, seed=-1), ValueError),
-    (dict(num_tasks=2, seed="0"), TypeError),
-    (dict(num_tasks=2, seed=None), TypeError),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc",
+    [
+        (dict(num_tasks=0, seed=0), ValueError),
+        (dict(num_tasks=-2, seed=0), ValueError),
+        (dict(num_tasks=2.0, seed=0), TypeError),
+        (dict(num_tasks=True, seed=0), TypeError),
+        (dict(num_tasks=2, seed=-1), ValueError),
+        (dict(num_tasks=2, seed="0"), TypeError),
+        (dict(num_tasks=2, seed=None), TypeError),
+    ],
+)
 def test_task_permutations_bad_args(kwargs, exc):
     with pytest.raises(exc, match="num_tasks|seed"):
         task_permutations(**kwargs)
@@ -285,7 +287,7 @@ def test_task_permutations_are_bijections(n, seed, first):
 def _square_mask(size, side=28):
     o = (side - size) // 2
     m = np.zeros((side, side), bool)
-    m[o:o + size, o:o + size] = True
+    m[o : o + size, o : o + size] = True
     return m.ravel()
 
 
@@ -320,13 +322,16 @@ def test_centre_square_permutation_is_bijection_inside_square(size, seed):
     assert inside[perm[inside]].all()
 
 
-@pytest.mark.parametrize("kwargs,exc", [
-    (dict(size=0, seed=0), ValueError),
-    (dict(size=29, seed=0), ValueError),
-    (dict(size=8.0, seed=0), TypeError),
-    (dict(size=8, seed=-3), ValueError),
-    (dict(size=8, seed=1.5), TypeError),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc",
+    [
+        (dict(size=0, seed=0), ValueError),
+        (dict(size=29, seed=0), ValueError),
+        (dict(size=8.0, seed=0), TypeError),
+        (dict(size=8, seed=-3), ValueError),
+        (dict(size=8, seed=1.5), TypeError),
+    ],
+)
 def test_centre_square_permutation_bad_args(kwargs, exc):
     with pytest.raises(exc, match="size|seed"):
         centre_square_permutation(**kwargs)
@@ -360,11 +365,14 @@ def test_apply_permutation_preserves_pixel_multiset(seed):
     np.testing.assert_array_equal(np.sort(out, axis=1), np.sort(x, axis=1))
 
 
-@pytest.mark.parametrize("perm", [
-    np.arange(783),                      # too short for 784 pixels
-    np.zeros(784, int),                  # not a permutation
-    np.arange(784).reshape(28, 28),      # 2-D
-])
+@pytest.mark.parametrize(
+    "perm",
+    [
+        np.arange(783),  # too short for 784 pixels
+        np.zeros(784, int),  # not a permutation
+        np.arange(784).reshape(28, 28),  # 2-D
+    ],
+)
 def test_apply_permutation_bad_perm(perm):
     with pytest.raises(ValueError, match="perm|x"):
         apply_permutation(np.zeros((2, 784)), perm)
@@ -401,15 +409,22 @@ def test_centre_square_tasks_small():
         assert np.array_equal(t.permutation[~inside], IDENTITY[~inside])
         assert not np.array_equal(t.permutation, IDENTITY)
         # pixels outside the square are the same as task 0's
-        torch.testing.assert_close(t.x_train[:, torch.as_tensor(~inside)],
-                                   tasks[0].x_train[:, torch.as_tensor(~inside)], rtol=0, atol=0)
+        torch.testing.assert_close(
+            t.x_train[:, torch.as_tensor(~inside)], tasks[0].x_train[:, torch.as_tensor(~inside)], rtol=0, atol=0
+        )
     assert not np.array_equal(tasks[1].permutation, tasks[2].permutation)
 
 
 def test_task_rejects_empty_split():
     with pytest.raises(ValueError, match="x_train"):
-        Task("bad", torch.zeros(0, 784), torch.zeros(0, dtype=torch.long),
-             torch.zeros(1, 784), torch.zeros(1, dtype=torch.long), IDENTITY)
+        Task(
+            "bad",
+            torch.zeros(0, 784),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(1, 784),
+            torch.zeros(1, dtype=torch.long),
+            IDENTITY,
+        )
 
 
 # --------------------------------------------------------------------------- models.mlp
@@ -446,15 +461,18 @@ def test_mlp_dtype_and_no_bias():
     assert sum(p.numel() for p in net.parameters()) == 5 * 4 + 4 * 2
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(sizes=[784]),
-    dict(sizes=[784, 0, 10]),
-    dict(sizes=[784, 400.0, 10]),
-    dict(sizes=[784, True, 10]),
-    dict(sizes=[784, 10], activation="gelu"),
-    dict(sizes=[784, 10], dropout_input=1.0),
-    dict(sizes=[784, 10], dropout_hidden=-0.1),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(sizes=[784]),
+        dict(sizes=[784, 0, 10]),
+        dict(sizes=[784, 400.0, 10]),
+        dict(sizes=[784, True, 10]),
+        dict(sizes=[784, 10], activation="gelu"),
+        dict(sizes=[784, 10], dropout_input=1.0),
+        dict(sizes=[784, 10], dropout_hidden=-0.1),
+    ],
+)
 def test_mlp_bad_args(kwargs):
     with pytest.raises(ValueError, match="sizes|activation|dropout"):
         mlp(**kwargs)

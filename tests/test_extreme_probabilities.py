@@ -35,10 +35,24 @@ FLOAT32_VS_FLOAT64_RTOL = 1e-4
 FLOAT32_PATHS_RTOL = 1e-5
 
 ROWS = {
-    torch.float32: [(0, -13.8, -89.8), (0, -20, -100, -104), (0, -87, -103, -150), (0, -1e4, 3),
-                    (5, 5, -80, 0), (0, 0, 0), (200, 170, -300)],
-    torch.float64: [(0, -13.8, -89.8), (0, -700, -745, -1000), (0, -1e4, 3), (5, 5, -800, 0), (0, 0, 0),
-                    (1e4, 1e4 - 30, 1e4 - 800), (0, -36, -37, -38)],
+    torch.float32: [
+        (0, -13.8, -89.8),
+        (0, -20, -100, -104),
+        (0, -87, -103, -150),
+        (0, -1e4, 3),
+        (5, 5, -80, 0),
+        (0, 0, 0),
+        (200, 170, -300),
+    ],
+    torch.float64: [
+        (0, -13.8, -89.8),
+        (0, -700, -745, -1000),
+        (0, -1e4, 3),
+        (5, 5, -800, 0),
+        (0, 0, 0),
+        (1e4, 1e4 - 30, 1e4 - 800),
+        (0, -36, -37, -38),
+    ],
 }
 
 
@@ -46,7 +60,7 @@ def exact_lambda(f):
     """diag(p) - p p^T in float64 from the softmax of ``f``; 1 - p_c summed from the other classes."""
     p = torch.softmax(f.double(), -1)
     lam = -p[:, :, None] * p[:, None, :]
-    others = torch.stack([torch.cat([p[:, :c], p[:, c + 1:]], 1).sum(1) for c in range(p.shape[1])], 1)
+    others = torch.stack([torch.cat([p[:, :c], p[:, c + 1 :]], 1).sum(1) for c in range(p.shape[1])], 1)
     lam.diagonal(dim1=1, dim2=2).copy_(p * others)
     return lam
 
@@ -64,8 +78,11 @@ def all_orders(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_factors_of_the_softmax_hessian_for_extreme_logits(dtype, factor):
     for f in all_orders(dtype):
-        v = (likelihoods._cholesky_output_hessian(f) if factor == "cholesky"
-             else likelihoods._sqrt_output_hessian(f, "categorical", 1.0))
+        v = (
+            likelihoods._cholesky_output_hessian(f)
+            if factor == "cholesky"
+            else likelihoods._sqrt_output_hessian(f, "categorical", 1.0)
+        )
         assert v.dtype == dtype and torch.isfinite(v).all(), f"{factor}: non-finite factor for {f}"
         got = v.double().transpose(1, 2) @ v.double()
         lam = exact_lambda(f)
@@ -120,8 +137,13 @@ def extreme_problems(dtype):
             out.append((f"logits C={f.shape[1]}", identity_model(f.shape[1], dtype), f))
     scales = (10, 60, 300) if dtype == torch.float32 else (100, 1000, 5000)
     for seed, scale in enumerate(scales):
-        out.append((f"tanh net x{scale}", scaled_model(scale, dtype, seed),
-                    torch.randn(9, 3, generator=gen(seed), dtype=dtype)))
+        out.append(
+            (
+                f"tanh net x{scale}",
+                scaled_model(scale, dtype, seed),
+                torch.randn(9, 3, generator=gen(seed), dtype=dtype),
+            )
+        )
     return out
 
 
@@ -134,24 +156,36 @@ def test_fisher_with_extreme_logits_agrees_with_generic_path_and_loop(dtype, est
         # observed labels: the most probable class (p_y ~ 1, the hardest case) and another one
         y = f.argmax(-1)
         y[::2] = (y[::2] + 1) % f.shape[1]
-        kw = dict(estimator=estimator, targets=y, num_samples=3, batch_size=2 if estimator == "batched_empirical"
-                  else None)
+        kw = dict(
+            estimator=estimator, targets=y, num_samples=3, batch_size=2 if estimator == "batched_empirical" else None
+        )
         fast = ewc_lib.fisher_diagonal(model, x, generator=gen(1), **kw)
         generic = ewc_lib.fisher_diagonal(Wrapped(model), x, generator=gen(1), **kw)
         assert ewc_lib.fisher_path(model)[0] == "fast"
         assert all(torch.isfinite(t).all() for t in fast.values()), f"{name}: non-finite Fisher"
         sampled = ewc_lib.sample_targets(model, x, num_samples=3, generator=gen(1))
-        ref = reference.fisher_diagonal_loop(copy.deepcopy(model).double(), x.double(), estimator=estimator,
-                                             targets=y, sampled_targets=sampled, batch_size=2)
+        ref = reference.fisher_diagonal_loop(
+            copy.deepcopy(model).double(),
+            x.double(),
+            estimator=estimator,
+            targets=y,
+            sampled_targets=sampled,
+            batch_size=2,
+        )
         what = f"{name} {dtype}/{estimator}"
         if dtype == torch.float64:
             assert_close(flatten_params(fast), flatten_params(ref), what=f"{what}: fast vs loop")
             assert_close(flatten_params(generic), flatten_params(ref), what=f"{what}: generic vs loop")
         else:
-            assert_close(flatten_params(fast), flatten_params(generic), rtol=FLOAT32_PATHS_RTOL,
-                         what=f"{what}: fast vs generic")
-            assert_close(flatten_params(fast).double(), flatten_params(ref), rtol=FLOAT32_VS_FLOAT64_RTOL,
-                         what=f"{what}: fast vs float64 loop")
+            assert_close(
+                flatten_params(fast), flatten_params(generic), rtol=FLOAT32_PATHS_RTOL, what=f"{what}: fast vs generic"
+            )
+            assert_close(
+                flatten_params(fast).double(),
+                flatten_params(ref),
+                rtol=FLOAT32_VS_FLOAT64_RTOL,
+                what=f"{what}: fast vs float64 loop",
+            )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])

@@ -27,15 +27,15 @@ ESTIMATORS = ["exact", "mc", "empirical", "batched_empirical"]
 
 
 def diag(model, x, estimator, y, likelihood="categorical", **kw):
-    kw = dict(dict(num_samples=2, generator=gen(3), batch_size=3 if estimator == "batched_empirical" else None),
-              **kw)
+    kw = dict(dict(num_samples=2, generator=gen(3), batch_size=3 if estimator == "batched_empirical" else None), **kw)
     return ewc_lib.fisher_diagonal(model, x, likelihood=likelihood, estimator=estimator, targets=y, **kw)
 
 
 def loop(model, x, estimator, y, likelihood="categorical"):
     sampled = ewc_lib.sample_targets(model, x, likelihood=likelihood, num_samples=2, generator=gen(3))
-    return reference.fisher_diagonal_loop(model, x, likelihood=likelihood, estimator=estimator, targets=y,
-                                          sampled_targets=sampled, batch_size=3)
+    return reference.fisher_diagonal_loop(
+        model, x, likelihood=likelihood, estimator=estimator, targets=y, sampled_targets=sampled, batch_size=3
+    )
 
 
 # ------------------------------------------------------------------ item 3: unused parameters
@@ -82,10 +82,12 @@ def sequential_with_extra_parameter():
     return model
 
 
-UNUSED = [("unused-linear", UnusedLinear, ["unused.weight", "unused.bias"]),
-          ("unused-bias", UnusedBias, ["lin.bias"]),
-          ("train-only-head", TrainOnlyHead, ["aux.weight", "aux.bias"]),
-          ("sequential-extra-parameter", sequential_with_extra_parameter, ["extra"])]
+UNUSED = [
+    ("unused-linear", UnusedLinear, ["unused.weight", "unused.bias"]),
+    ("unused-bias", UnusedBias, ["lin.bias"]),
+    ("train-only-head", TrainOnlyHead, ["aux.weight", "aux.bias"]),
+    ("sequential-extra-parameter", sequential_with_extra_parameter, ["extra"]),
+]
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -100,8 +102,7 @@ def test_unused_parameters_get_zeros(name, factory, unused, estimator):
         assert torch.equal(d[key], torch.zeros_like(d[key])), f"{name}/{estimator}: {key} not zero"
     assert any(d[k].abs().sum() > 0 for k in d if k not in unused)
     assert_close(flatten_params(d), flatten_params(loop(model, x, estimator, y)), what=f"{name}/{estimator}")
-    m = ewc_lib.fisher_matrix(model, x, estimator=estimator, targets=y, num_samples=2, generator=gen(3),
-                              batch_size=3)
+    m = ewc_lib.fisher_matrix(model, x, estimator=estimator, targets=y, num_samples=2, generator=gen(3), batch_size=3)
     assert_close(m.diagonal(), flatten_params(d), what=f"{name}/{estimator}: matrix diagonal")
     assert model.training
 
@@ -114,12 +115,22 @@ def test_train_continual_with_batched_empirical_on_a_model_with_an_unused_parame
     def task(seed):
         g = gen(seed)
         x = torch.randn(16, 3, generator=g)
-        return SimpleNamespace(name=str(seed), x_train=x, y_train=(x[:, 0] > 0).long(), x_test=x,
-                               y_test=(x[:, 0] > 0).long())
+        return SimpleNamespace(
+            name=str(seed), x_train=x, y_train=(x[:, 0] > 0).long(), x_test=x, y_test=(x[:, 0] > 0).long()
+        )
 
     model = UnusedLinear().float()
-    hist = train_continual(model, [task(4), task(5)], method="ewc", lam=1.0, lr=0.1, batch_size=8,
-                           fisher_estimator="batched_empirical", fisher_batch_size=4, progress=False)
+    hist = train_continual(
+        model,
+        [task(4), task(5)],
+        method="ewc",
+        lam=1.0,
+        lr=0.1,
+        batch_size=8,
+        fisher_estimator="batched_empirical",
+        fisher_batch_size=4,
+        progress=False,
+    )
     fisher = hist.penalty.fishers[0]
     assert torch.equal(fisher["unused.weight"], torch.zeros(3, 3)) and fisher["used.weight"].abs().sum() > 0
 
@@ -130,19 +141,30 @@ def test_train_continual_with_batched_empirical_on_a_model_with_an_unused_parame
 def _all_calls(model, x, y, likelihood="categorical"):
     kw = dict(likelihood=likelihood)
     calls = {f"fisher_diagonal/{e}": (lambda e=e: diag(model, x, e, y, likelihood)) for e in ESTIMATORS}
-    calls.update({f"fisher_matrix/{e}": (lambda e=e: ewc_lib.fisher_matrix(
-        model, x, estimator=e, targets=y, num_samples=2, generator=gen(3), batch_size=3, **kw)) for e in ESTIMATORS})
-    calls.update({
-        "hessian": lambda: ewc_lib.hessian(model, x, y, **kw),
-        "expected_hessian": lambda: ewc_lib.expected_hessian(model, x, **kw),
-        "ggn": lambda: ewc_lib.ggn(model, x, **kw),
-        "sample_targets": lambda: ewc_lib.sample_targets(model, x, num_samples=2, generator=gen(3), **kw),
-        "reference.fisher_matrix_loop": lambda: reference.fisher_matrix_loop(
-            model, x, estimator="batched_empirical", targets=y, batch_size=3, **kw),
-        "reference.hessian_loop": lambda: reference.hessian_loop(model, x, y, **kw),
-        "reference.ggn_loop": lambda: reference.ggn_loop(model, x, **kw),
-        "reference.per_example_scores": lambda: reference.per_example_scores(model, x, y, **kw),
-    })
+    calls.update(
+        {
+            f"fisher_matrix/{e}": (
+                lambda e=e: ewc_lib.fisher_matrix(
+                    model, x, estimator=e, targets=y, num_samples=2, generator=gen(3), batch_size=3, **kw
+                )
+            )
+            for e in ESTIMATORS
+        }
+    )
+    calls.update(
+        {
+            "hessian": lambda: ewc_lib.hessian(model, x, y, **kw),
+            "expected_hessian": lambda: ewc_lib.expected_hessian(model, x, **kw),
+            "ggn": lambda: ewc_lib.ggn(model, x, **kw),
+            "sample_targets": lambda: ewc_lib.sample_targets(model, x, num_samples=2, generator=gen(3), **kw),
+            "reference.fisher_matrix_loop": lambda: reference.fisher_matrix_loop(
+                model, x, estimator="batched_empirical", targets=y, batch_size=3, **kw
+            ),
+            "reference.hessian_loop": lambda: reference.hessian_loop(model, x, y, **kw),
+            "reference.ggn_loop": lambda: reference.ggn_loop(model, x, **kw),
+            "reference.per_example_scores": lambda: reference.per_example_scores(model, x, y, **kw),
+        }
+    )
     return calls
 
 
@@ -171,8 +193,11 @@ def test_model_built_in_inference_mode_is_a_clear_error():
     with torch.inference_mode():
         model = ewc_lib.mlp([3, 4, 3], seed=0, dtype=D)
     x = torch.randn(4, 3, dtype=D)
-    for fn in (lambda: ewc_lib.fisher_diagonal(model, x), lambda: ewc_lib.ggn(model, x),
-               lambda: reference.fisher_diagonal_loop(model, x)):
+    for fn in (
+        lambda: ewc_lib.fisher_diagonal(model, x),
+        lambda: ewc_lib.ggn(model, x),
+        lambda: reference.fisher_diagonal_loop(model, x),
+    ):
         with pytest.raises(ValueError, match="model.*inference_mode"):
             fn()
 
@@ -214,9 +239,14 @@ def _overflowing():
     neg[3, 0] = -1.0  # log(-1) = NaN
     gauss = _ones_first(ewc_lib.mlp([3, 4, 2], activation="relu", seed=4, dtype=D))
     bern = _ones_first(ewc_lib.mlp([3, 1], seed=5, dtype=D))
-    return [("linear-inf", lin, big, "categorical"), ("relu-nan", nan, big, "categorical"),
-            ("float32-linear", f32_out, x32, "categorical"), ("custom-log", LogOfInputs(), neg, "categorical"),
-            ("gaussian", gauss, big, "gaussian"), ("bernoulli", bern, big, "bernoulli")]
+    return [
+        ("linear-inf", lin, big, "categorical"),
+        ("relu-nan", nan, big, "categorical"),
+        ("float32-linear", f32_out, x32, "categorical"),
+        ("custom-log", LogOfInputs(), neg, "categorical"),
+        ("gaussian", gauss, big, "gaussian"),
+        ("bernoulli", bern, big, "bernoulli"),
+    ]
 
 
 OVERFLOW = _overflowing()
@@ -257,28 +287,45 @@ def test_overflow_inside_the_fisher_is_an_error_too():
 
 
 INTS = [np.int64(2), np.int32(2), np.uint8(2), torch.tensor(2), np.array(2)]
-FLOATS = [np.float32(2.0), np.float64(2.0), torch.tensor(2.0), torch.tensor(2.0, dtype=D), np.array(2.0),
-          np.int64(2), torch.tensor(2)]
+FLOATS = [
+    np.float32(2.0),
+    np.float64(2.0),
+    torch.tensor(2.0),
+    torch.tensor(2.0, dtype=D),
+    np.array(2.0),
+    np.int64(2),
+    torch.tensor(2),
+]
 
 
 @pytest.mark.parametrize("value", INTS, ids=lambda v: f"{type(v).__name__}-{getattr(v, 'dtype', '')}")
 def test_integer_arguments_accept_numpy_and_0d_tensors(value):
     model, x, y = make(CASES[0])
-    mc = lambda n: flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=n,  # noqa: E731
-                                                           generator=gen(1)))
+
+    def mc(n):
+        return flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=n, generator=gen(1)))
+
     assert torch.equal(mc(value), mc(2))
-    b = lambda bs: flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical",  # noqa: E731
-                                                           targets=y, batch_size=bs))
+
+    def b(bs):
+        return flatten_params(
+            ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", targets=y, batch_size=bs)
+        )
+
     assert torch.equal(b(value), b(2))
     assert_close(ewc_lib.fisher_matrix(model, x, batch_size=value), ewc_lib.fisher_matrix(model, x), what="chunks")
     for fn in (ewc_lib.ggn, ewc_lib.expected_hessian):
         assert_close(fn(model, x, batch_size=value), fn(model, x), what=fn.__name__)
     assert_close(ewc_lib.hessian(model, x, y, batch_size=value), ewc_lib.hessian(model, x, y), what="hessian")
-    assert torch.equal(ewc_lib.sample_targets(model, x, num_samples=value, generator=gen(2)),
-                       ewc_lib.sample_targets(model, x, num_samples=2, generator=gen(2)))
-    assert_close(reference.fisher_matrix_loop(model, x, estimator="batched_empirical", targets=y, batch_size=value),
-                 reference.fisher_matrix_loop(model, x, estimator="batched_empirical", targets=y, batch_size=2),
-                 what="reference batch_size")
+    assert torch.equal(
+        ewc_lib.sample_targets(model, x, num_samples=value, generator=gen(2)),
+        ewc_lib.sample_targets(model, x, num_samples=2, generator=gen(2)),
+    )
+    assert_close(
+        reference.fisher_matrix_loop(model, x, estimator="batched_empirical", targets=y, batch_size=value),
+        reference.fisher_matrix_loop(model, x, estimator="batched_empirical", targets=y, batch_size=2),
+        what="reference batch_size",
+    )
 
 
 @pytest.mark.parametrize("value", FLOATS, ids=lambda v: f"{type(v).__name__}-{getattr(v, 'dtype', '')}")
@@ -287,20 +334,39 @@ def test_sigma2_accepts_numpy_and_0d_tensors(value):
     model, x, y = make(case)
     kw = dict(likelihood="gaussian")
     for fn in (ewc_lib.fisher_diagonal, ewc_lib.fisher_matrix, ewc_lib.ggn, ewc_lib.expected_hessian):
-        assert_close(_flat(fn(model, x, sigma2=value, **kw)), _flat(fn(model, x, sigma2=2.0, **kw)),
-                     what=fn.__name__)
-    assert_close(ewc_lib.hessian(model, x, y, sigma2=value, **kw), ewc_lib.hessian(model, x, y, sigma2=2.0, **kw),
-                 what="hessian")
-    assert_close(reference.ggn_loop(model, x, sigma2=value, **kw), ewc_lib.ggn(model, x, sigma2=2.0, **kw),
-                 what="reference ggn_loop")
+        assert_close(_flat(fn(model, x, sigma2=value, **kw)), _flat(fn(model, x, sigma2=2.0, **kw)), what=fn.__name__)
+    assert_close(
+        ewc_lib.hessian(model, x, y, sigma2=value, **kw), ewc_lib.hessian(model, x, y, sigma2=2.0, **kw), what="hessian"
+    )
+    assert_close(
+        reference.ggn_loop(model, x, sigma2=value, **kw),
+        ewc_lib.ggn(model, x, sigma2=2.0, **kw),
+        what="reference ggn_loop",
+    )
 
 
-BAD_INTS = [(2.0, TypeError), (np.float64(2.0), TypeError), (torch.tensor(2.0), TypeError), (True, TypeError),
-            (np.bool_(True), TypeError), (torch.tensor([2]), TypeError), (np.array([2]), TypeError),
-            ("2", TypeError), (np.int64(0), ValueError), (torch.tensor(-1), ValueError)]
-BAD_FLOATS = [("1", TypeError), (torch.tensor([1.0]), TypeError), (True, TypeError), (1j, TypeError),
-              (np.float32("nan"), ValueError), (torch.tensor(0.0), ValueError), (np.float64(-1.0), ValueError),
-              (float("inf"), ValueError)]
+BAD_INTS = [
+    (2.0, TypeError),
+    (np.float64(2.0), TypeError),
+    (torch.tensor(2.0), TypeError),
+    (True, TypeError),
+    (np.bool_(True), TypeError),
+    (torch.tensor([2]), TypeError),
+    (np.array([2]), TypeError),
+    ("2", TypeError),
+    (np.int64(0), ValueError),
+    (torch.tensor(-1), ValueError),
+]
+BAD_FLOATS = [
+    ("1", TypeError),
+    (torch.tensor([1.0]), TypeError),
+    (True, TypeError),
+    (1j, TypeError),
+    (np.float32("nan"), ValueError),
+    (torch.tensor(0.0), ValueError),
+    (np.float64(-1.0), ValueError),
+    (float("inf"), ValueError),
+]
 
 
 @pytest.mark.parametrize("value,exc", BAD_INTS, ids=[repr(v) for v, _ in BAD_INTS])
@@ -349,10 +415,14 @@ def test_wrong_input_size_names_inputs_and_shapes(name, factory, shape, expects)
     model = factory()
     x = torch.randn(*shape, generator=gen(6), dtype=D)
     y = torch.zeros(shape[0], dtype=torch.long)
-    for call in (lambda: ewc_lib.fisher_diagonal(model, x), lambda: ewc_lib.fisher_matrix(model, x),
-                 lambda: ewc_lib.hessian(model, x, y), lambda: ewc_lib.ggn(model, x),
-                 lambda: ewc_lib.sample_targets(model, x),
-                 lambda: ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", targets=y, batch_size=2)):
+    for call in (
+        lambda: ewc_lib.fisher_diagonal(model, x),
+        lambda: ewc_lib.fisher_matrix(model, x),
+        lambda: ewc_lib.hessian(model, x, y),
+        lambda: ewc_lib.ggn(model, x),
+        lambda: ewc_lib.sample_targets(model, x),
+        lambda: ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", targets=y, batch_size=2),
+    ):
         with pytest.raises(ValueError, match="inputs") as info:
             call()
         assert str(shape) in str(info.value) and expects in str(info.value), str(info.value)
@@ -361,8 +431,10 @@ def test_wrong_input_size_names_inputs_and_shapes(name, factory, shape, expects)
 
 
 def test_mixed_parameter_dtypes_name_model_and_dtypes():
-    models = [nn.Sequential(nn.Linear(3, 4, dtype=D), nn.Tanh(), nn.Linear(4, 3)),
-              Wrapped(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3, dtype=D)))]
+    models = [
+        nn.Sequential(nn.Linear(3, 4, dtype=D), nn.Tanh(), nn.Linear(4, 3)),
+        Wrapped(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3, dtype=D))),
+    ]
     frozen = nn.Sequential(nn.Linear(3, 4, dtype=D), nn.Tanh(), nn.Linear(4, 3))
     frozen[2].requires_grad_(False)  # a frozen float32 layer in a float64 model
     models.append(frozen)

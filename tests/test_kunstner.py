@@ -6,7 +6,7 @@ import pytest
 from ewc_lib import kunstner as k
 
 TIGHT = 1e-10  # float64 identities between closed forms (round-off only)
-FD = 1e-6      # central finite differences with step 1e-5 in float64
+FD = 1e-6  # central finite differences with step 1e-5 in float64
 
 
 def _fd_grad(f, theta, h=1e-5):
@@ -29,6 +29,7 @@ def _per_example_grads_logreg(theta, X, y):
 
 # --------------------------------------------------------------------------- least squares
 
+
 def test_linreg_data_shape_and_reproducible():
     X1, y1 = k.linreg_data(100, seed=3)
     X2, y2 = k.linreg_data(100, seed=3)
@@ -41,8 +42,7 @@ def test_linreg_data_shape_and_reproducible():
 def test_linreg_grad_matches_finite_differences():
     X, y = k.linreg_data(50, seed=1)
     theta = np.array([0.3, -1.2])
-    np.testing.assert_allclose(k.linreg_grad(theta, X, y),
-                               _fd_grad(lambda t: k.linreg_loss(t, X, y), theta), atol=FD)
+    np.testing.assert_allclose(k.linreg_grad(theta, X, y), _fd_grad(lambda t: k.linreg_loss(t, X, y), theta), atol=FD)
 
 
 def test_linreg_fisher_is_hessian_and_ef_is_outer_product_mean():
@@ -73,11 +73,12 @@ def test_natural_gradient_path_is_straight_and_ef_path_is_not():
     F = k.linreg_fisher(X)
     grad, ef = k.linreg_fast(X, y)
     start = np.array([[2.0, 4.5]])
-    ngd = k.preconditioned_descent(lambda t: np.linalg.solve(F, grad(t)[..., None])[..., 0],
-                                   start, step=1e-2, num_steps=3000)[:, 0]
+    ngd = k.preconditioned_descent(
+        lambda t: np.linalg.solve(F, grad(t)[..., None])[..., 0], start, step=1e-2, num_steps=3000
+    )[:, 0]
     efd = k.preconditioned_descent(
-        lambda t: np.linalg.solve(ef(t), grad(t)[..., None])[..., 0], start, step=3e-2,
-        num_steps=3000)[:, 0]
+        lambda t: np.linalg.solve(ef(t), grad(t)[..., None])[..., 0], start, step=3e-2, num_steps=3000
+    )[:, 0]
     assert k.max_deviation_from_segment(ngd, start[0], theta_star) < 1e-12
     assert k.max_deviation_from_segment(efd, start[0], theta_star) > 0.1
 
@@ -121,6 +122,7 @@ def test_linreg_bad_input():
 
 # --------------------------------------------------------------------------- logistic regression
 
+
 @pytest.mark.parametrize("kind", sorted(k.LOGREG_DATASETS))
 @pytest.mark.parametrize("root", [False, True])
 def test_logreg_data_moments(kind, root):
@@ -137,16 +139,17 @@ def test_logreg_data_moments(kind, root):
 def test_logreg_grad_fisher_against_brute_force():
     X, y = k.logreg_data("misspecified_b", 60, seed=2)
     theta = np.array([-0.4, 0.7])
-    np.testing.assert_allclose(k.logreg_grad(theta, X, y),
-                               _fd_grad(lambda t: k.logreg_loss(t, X, y), theta), atol=FD)
+    np.testing.assert_allclose(k.logreg_grad(theta, X, y), _fd_grad(lambda t: k.logreg_loss(t, X, y), theta), atol=FD)
     H = np.stack([_fd_grad(lambda t: k.logreg_grad(t, X, y)[i], theta) for i in range(2)])
     np.testing.assert_allclose(k.logreg_fisher(theta, X), H, atol=FD)
     G = _per_example_grads_logreg(theta, X, y)
     np.testing.assert_allclose(k.logreg_empirical_fisher(theta, X, y), G.T @ G / len(y), rtol=TIGHT)
     # the Fisher is the expectation of the EF over labels drawn from the model
     pi = 1 / (1 + np.exp(-X @ theta))
-    expected = sum(w[:, None, None] * np.einsum("ni,nj->nij", *(2 * [(pi - lab)[:, None] * X]))
-                   for lab, w in ((1.0, pi), (0.0, 1 - pi))).mean(axis=0)
+    expected = sum(
+        w[:, None, None] * np.einsum("ni,nj->nij", *(2 * [(pi - lab)[:, None] * X]))
+        for lab, w in ((1.0, pi), (0.0, 1 - pi))
+    ).mean(axis=0)
     np.testing.assert_allclose(k.logreg_fisher(theta, X), expected, rtol=TIGHT)
 
 
@@ -164,6 +167,7 @@ def test_logreg_fit_and_bad_input():
 
 # --------------------------------------------------------------------------- moments
 
+
 def test_gradient_moments_identity_and_batched_expectation():
     rng = np.random.default_rng(0)
     G = rng.normal(size=(12, 3)) + np.array([0.5, -1.0, 0.0])
@@ -174,8 +178,7 @@ def test_gradient_moments_identity_and_batched_expectation():
     # exact expectation over all orderings = average over random orderings (many, to 1%)
     B = 4
     avg = np.mean([k.batched_second_moment(G[rng.permutation(12)], B) for _ in range(20000)], axis=0)
-    np.testing.assert_allclose(avg, k.expected_batched_second_moment(ef, mean, 12, B),
-                               atol=0.02 * np.abs(ef).max())
+    np.testing.assert_allclose(avg, k.expected_batched_second_moment(ef, mean, 12, B), atol=0.02 * np.abs(ef).max())
 
 
 def test_expected_batched_second_moment_exact_by_enumeration():

@@ -76,8 +76,9 @@ def test_sample_moments_within_standard_error():
     # sample variance has standard error ~ sigma^2 sqrt(2/n)
     assert ((emp - q.covariance).abs() < 5 * q.covariance.diagonal().max() * math.sqrt(2 / n)).all()
     # same generator seed -> same draw
-    torch.testing.assert_close(q.sample(5, torch.Generator().manual_seed(4)),
-                               q.sample(5, torch.Generator().manual_seed(4)))
+    torch.testing.assert_close(
+        q.sample(5, torch.Generator().manual_seed(4)), q.sample(5, torch.Generator().manual_seed(4))
+    )
 
 
 # ------------------------------------------------------------------ Bishop's skewed density
@@ -131,12 +132,18 @@ def test_grid_kl_two_gaussians_1d_matches_closed_form():
     lq = -0.5 * ((z - m2) / s2) ** 2  # unnormalised on purpose
     closed = math.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5
     assert abs(grid_kl(lp, lq, dz) - closed) < GRID_TOL
-    assert abs(
-        gaussian_kl(
-            torch.tensor([m1], dtype=F64), torch.tensor([[s1**-2]], dtype=F64),
-            torch.tensor([m2], dtype=F64), torch.tensor([[s2**-2]], dtype=F64),
-        ) - closed
-    ) < 1e-12
+    assert (
+        abs(
+            gaussian_kl(
+                torch.tensor([m1], dtype=F64),
+                torch.tensor([[s1**-2]], dtype=F64),
+                torch.tensor([m2], dtype=F64),
+                torch.tensor([[s2**-2]], dtype=F64),
+            )
+            - closed
+        )
+        < 1e-12
+    )
     # TV for equal variances: 2 Phi(|dm| / (2 s)) - 1
     lq_eq = -0.5 * ((z - m2) / s1) ** 2
     tv_closed = 2 * stats.norm.cdf(abs(m1 - m2) / (2 * s1)) - 1
@@ -272,7 +279,7 @@ def test_mode_not_found_too_few_iterations():
 def test_hessian_not_positive_definite():
     # a saddle: the gradient vanishes at the origin, where the optimiser starts
     with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
-        laplace_approximation(lambda t: -t[0] ** 2 + t[1] ** 2, torch.zeros(2, dtype=F64))
+        laplace_approximation(lambda t: -(t[0] ** 2) + t[1] ** 2, torch.zeros(2, dtype=F64))
     # a flat direction: -t^4 has zero curvature at its maximum
     with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
         laplace_approximation(lambda t: -(t**4).sum(), torch.zeros(1, dtype=F64))
@@ -352,8 +359,10 @@ def test_grid_divergences_are_nonnegative_and_bounded(m, log_s1, log_s2):
     # Pinsker's inequality: TV <= sqrt(KL / 2)
     assert tv <= math.sqrt(max(kl, 0.0) / 2) + 1e-9
     closed = gaussian_kl(
-        torch.zeros(1, dtype=F64), torch.tensor([[math.exp(-2 * log_s1)]], dtype=F64),
-        torch.tensor([m], dtype=F64), torch.tensor([[math.exp(-2 * log_s2)]], dtype=F64),
+        torch.zeros(1, dtype=F64),
+        torch.tensor([[math.exp(-2 * log_s1)]], dtype=F64),
+        torch.tensor([m], dtype=F64),
+        torch.tensor([[math.exp(-2 * log_s2)]], dtype=F64),
     )
     assert abs(kl - closed) < GRID_TOL
 

@@ -47,8 +47,7 @@ def test_ewc_minimiser_with_lambda_na_over_nb_is_the_joint_least_squares_fit():
     F_B, b_B = lg.task_statistics(X_B, y_B, reduction="mean")
     theta_A = lg.penalised_minimiser(F_A, b_A)
     joint = np.linalg.lstsq(np.vstack([X_A, X_B]), np.concatenate([y_A, y_B]), rcond=None)[0]
-    np.testing.assert_allclose(lg.penalised_minimiser(F_B, b_B, [(N_A / N_B * F_A, theta_A)]), joint,
-                               rtol=EXACT_RTOL)
+    np.testing.assert_allclose(lg.penalised_minimiser(F_B, b_B, [(N_A / N_B * F_A, theta_A)]), joint, rtol=EXACT_RTOL)
     off = lg.penalised_minimiser(F_B, b_B, [(F_A, theta_A)])
     assert np.linalg.norm(off - joint) / np.linalg.norm(joint) > 1e-2
 
@@ -66,8 +65,7 @@ def test_three_tasks_single_penalty_is_exact_separate_penalties_shift_the_mean(n
     measured = r["sep_mean"] - r["exact_mean"]
     np.testing.assert_allclose(measured, predicted, rtol=SHIFT_RTOL, atol=EXACT_ATOL)
     assert np.linalg.norm(measured) > 1e-3
-    np.testing.assert_allclose(r["sep_laplace_prec"] - r["exact_prec"], r["lam_A"], rtol=EXACT_RTOL,
-                               atol=EXACT_ATOL)
+    np.testing.assert_allclose(r["sep_laplace_prec"] - r["exact_prec"], r["lam_A"], rtol=EXACT_RTOL, atol=EXACT_ATOL)
 
 
 def test_penalised_minimiser_diagonal_stiffness_and_bad_input():

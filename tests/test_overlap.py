@@ -25,12 +25,16 @@ def random_psd(n, rank, seed):
     return a @ a.T
 
 
-diag_strategy = st.integers(1, 12).flatmap(
-    lambda n: st.tuples(
-        st.lists(st.floats(0, 1e3, allow_nan=False), min_size=n, max_size=n),
-        st.lists(st.floats(0, 1e3, allow_nan=False), min_size=n, max_size=n),
+diag_strategy = (
+    st.integers(1, 12)
+    .flatmap(
+        lambda n: st.tuples(
+            st.lists(st.floats(0, 1e3, allow_nan=False), min_size=n, max_size=n),
+            st.lists(st.floats(0, 1e3, allow_nan=False), min_size=n, max_size=n),
+        )
     )
-).filter(lambda ab: sum(ab[0]) > 1e-6 and sum(ab[1]) > 1e-6)
+    .filter(lambda ab: sum(ab[0]) > 1e-6 and sum(ab[1]) > 1e-6)
+)
 
 
 def test_doctests():
@@ -79,8 +83,7 @@ def test_disjoint_supports_give_zero():
     assert fisher_overlap(a, b) == 0.0
     assert frechet_distance_sq(a, b) == 1.0
     # dense matrices with orthogonal ranges
-    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(0),
-                                       dtype=torch.float64))
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     f1 = q[:, :2] @ q[:, :2].T
     f2 = q[:, 2:] @ torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)) @ q[:, 2:].T
     assert fisher_overlap(f1, f2) == pytest.approx(0.0, abs=SQRT_TOL)
@@ -90,14 +93,14 @@ def test_disjoint_supports_give_zero():
 @settings(max_examples=100, deadline=None)
 def test_dense_equals_diagonal_for_diagonal_matrices(ab):
     a, b = (torch.tensor(v, dtype=torch.float64) for v in ab)
-    assert fisher_overlap(torch.diag(a), torch.diag(b)) == pytest.approx(
-        fisher_overlap(a, b), abs=SQRT_TOL)
+    assert fisher_overlap(torch.diag(a), torch.diag(b)) == pytest.approx(fisher_overlap(a, b), abs=SQRT_TOL)
     # mixed input: a diagonal against a matrix
     assert fisher_overlap(a, torch.diag(b)) == pytest.approx(fisher_overlap(a, b), abs=SQRT_TOL)
 
 
-@pytest.mark.parametrize("n,rank1,rank2,seed", [(3, 3, 3, 0), (6, 6, 2, 1), (8, 3, 5, 2),
-                                                 (10, 10, 10, 3), (4, 1, 4, 4)])
+@pytest.mark.parametrize(
+    "n,rank1,rank2,seed", [(3, 3, 3, 0), (6, 6, 2, 1), (8, 3, 5, 2), (10, 10, 10, 3), (4, 1, 4, 4)]
+)
 def test_dense_matches_scipy_sqrtm(n, rank1, rank2, seed):
     f1, f2 = random_psd(n, rank1, seed), random_psd(n, rank2, seed + 50)
     h1, h2 = (f / torch.trace(f) for f in (f1, f2))
@@ -149,16 +152,19 @@ def test_layerwise_overlap_with_dropout_layers_and_no_bias():
     assert names == [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
-@pytest.mark.parametrize("bad,match", [
-    (torch.tensor([1.0, -0.1]), ">= 0"),
-    (torch.tensor([1.0, float("nan")]), "NaN"),
-    (torch.tensor([1.0, float("inf")]), "NaN or inf"),
-    (torch.tensor([0.0, 0.0]), "trace is zero"),
-    (torch.tensor([1.0, 2.0, 3.0]), "shapes differ"),
-    (torch.tensor([[1.0, 2.0], [0.0, 1.0]]), "symmetric"),
-    (torch.tensor([[1.0, 2.0], [2.0, 1.0]]), "positive semi-definite"),
-    (torch.ones(2, 2, 2), "1-D diagonals or 2-D"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.tensor([1.0, -0.1]), ">= 0"),
+        (torch.tensor([1.0, float("nan")]), "NaN"),
+        (torch.tensor([1.0, float("inf")]), "NaN or inf"),
+        (torch.tensor([0.0, 0.0]), "trace is zero"),
+        (torch.tensor([1.0, 2.0, 3.0]), "shapes differ"),
+        (torch.tensor([[1.0, 2.0], [0.0, 1.0]]), "symmetric"),
+        (torch.tensor([[1.0, 2.0], [2.0, 1.0]]), "positive semi-definite"),
+        (torch.ones(2, 2, 2), "1-D diagonals or 2-D"),
+    ],
+)
 def test_bad_input_raises(bad, match):
     good = torch.tensor([1.0, 1.0]) if bad.ndim != 2 else torch.eye(2)
     with pytest.raises(ValueError, match=match):

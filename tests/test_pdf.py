@@ -24,8 +24,10 @@ from conftest import ROOT, book_output_root, toc_docnames
 pytestmark = pytest.mark.book
 
 #: TeX that must never reach the reader: delimiters and the commands the book uses most.
-RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|mathcal|mathbb|begin|end|theta|lambda|"
-                     r"sum|nabla|operatorname|mid|top|tfrac|left|right)\b")
+RAW_TEX = re.compile(
+    r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|mathcal|mathbb|begin|end|theta|lambda|"
+    r"sum|nabla|operatorname|mid|top|tfrac|left|right)\b"
+)
 
 
 def _tool(name):
@@ -51,8 +53,9 @@ def printed(chromium):
 
 @pytest.fixture(scope="session")
 def pdf_text(printed) -> str:
-    out = subprocess.run([_tool("pdftotext"), "-layout", str(printed.pdf), "-"],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [_tool("pdftotext"), "-layout", str(printed.pdf), "-"], check=True, capture_output=True, text=True
+    )
     return out.stdout
 
 
@@ -69,7 +72,8 @@ def test_pdf_has_every_chapter_with_its_number(printed, pdf_text):
     chapters = toc_docnames()
     assert len(printed.headings) == len(chapters), (
         f"{len(printed.headings)} chapter headings on the single page for {len(chapters)} pages "
-        f"in _toc.yml: {printed.headings}")
+        f"in _toc.yml: {printed.headings}"
+    )
     numbered = [h for h in printed.headings if re.match(r"\d+\.\s", h)]
     assert len(numbered) == len(chapters) - 1, f"every chapter but the introduction is numbered: {printed.headings}"
     text = _squash(pdf_text)
@@ -100,12 +104,12 @@ def test_raw_tex_check_can_fail():
 
 
 def test_pdf_has_math_and_figures(printed, pdf_text):
-    info = subprocess.run([_tool("pdfinfo"), str(printed.pdf)], check=True, capture_output=True,
-                          text=True).stdout
+    info = subprocess.run([_tool("pdfinfo"), str(printed.pdf)], check=True, capture_output=True, text=True).stdout
     pages = int(re.search(r"^Pages:\s+(\d+)", info, re.M).group(1))
     assert 80 <= pages <= 800, f"{pages} pages"
-    images = subprocess.run([_tool("pdfimages"), "-list", str(printed.pdf)], check=True,
-                            capture_output=True, text=True).stdout.splitlines()[2:]
+    images = subprocess.run(
+        [_tool("pdfimages"), "-list", str(printed.pdf)], check=True, capture_output=True, text=True
+    ).stdout.splitlines()[2:]
     assert len(images) >= printed.images > 10, (len(images), printed.images)
     # typeset math comes out as text with the equation numbers of the book
     assert "(3.5)" in pdf_text and "θ" in pdf_text
@@ -116,8 +120,8 @@ def test_pdf_tools_find_a_missing_chapter(printed, tmp_path):
     if shutil.which("pdfseparate") is None:
         pytest.skip("pdfseparate (poppler-utils) not available")
     first = tmp_path / "first.pdf"
-    subprocess.run([shutil.which("pdfseparate"), "-f", "1", "-l", "1", str(printed.pdf),
-                    str(first)], check=True)
-    text = _squash(subprocess.run([_tool("pdftotext"), str(first), "-"], check=True,
-                                  capture_output=True, text=True).stdout)
+    subprocess.run([shutil.which("pdfseparate"), "-f", "1", "-l", "1", str(printed.pdf), str(first)], check=True)
+    text = _squash(
+        subprocess.run([_tool("pdftotext"), str(first), "-"], check=True, capture_output=True, text=True).stdout
+    )
     assert _squash(printed.headings[-1]) not in text

@@ -24,14 +24,12 @@ FAST = settings(max_examples=25, deadline=None)
 
 def make_net(seed: int, width: int = 3) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(2, width), torch.nn.Tanh(),
-                               torch.nn.Linear(width, 2)).double()
+    return torch.nn.Sequential(torch.nn.Linear(2, width), torch.nn.Tanh(), torch.nn.Linear(width, 2)).double()
 
 
 def random_fisher(net, seed: int, scale: float = 1.0):
     g = torch.Generator().manual_seed(seed)
-    return {n: scale * torch.rand(p.shape, generator=g, dtype=p.dtype)
-            for n, p in net.named_parameters()}
+    return {n: scale * torch.rand(p.shape, generator=g, dtype=p.dtype) for n, p in net.named_parameters()}
 
 
 def perturb(net, seed: int, scale: float = 0.5):
@@ -81,8 +79,7 @@ def test_value_matches_formula(seed, lam):
 
 
 @FAST
-@given(seed=seeds, lam=lams, mode=st.sampled_from(["separate", "online"]),
-       num_tasks=st.integers(1, 3))
+@given(seed=seeds, lam=lams, mode=st.sampled_from(["separate", "online"]), num_tasks=st.integers(1, 3))
 def test_gradient_is_lam_F_delta(seed, lam, mode, num_tasks):
     """Autograd gradient == lam * sum_t F_t (theta - theta*_t) (the 1/2 cancels the 2)."""
     net = make_net(seed)
@@ -351,8 +348,12 @@ def _corrupt_states():
         ("a fisher missing", _with(s, fishers=s["fishers"][:1]), ValueError, "fishers"),
         ("fisher name missing", _term(s, "fishers", 0, "extra", a0), ValueError, r"fishers\[0\]"),
         ("fisher shape", _term(s, "fishers", 0, name, a0[:1]), ValueError, r"fishers\[0\].*shape"),
-        ("terms with other names", _term(_term(s, "anchors", 1, "extra", a0), "fishers", 1, "extra", a0.abs()),
-         ValueError, r"anchors\[1\].*differ"),
+        (
+            "terms with other names",
+            _term(_term(s, "anchors", 1, "extra", a0), "fishers", 1, "extra", a0.abs()),
+            ValueError,
+            r"anchors\[1\].*differ",
+        ),
         ("integer anchor", _term(s, "anchors", 0, name, a0.long()), TypeError, r"anchors\[0\]"),
         ("empty anchor", _with(s, anchors=[{}, s["anchors"][1]]), ValueError, r"anchors\[0\]"),
         ("unknown key", _with(s, extra=1), ValueError, "unknown"),
@@ -386,8 +387,9 @@ def test_l2_load_checks_the_unit_stiffness():
         other = L2Penalty(1.0)
         other.load_state_dict(state)  # a genuine L2 state loads
         assert other.num_tasks == tasks and other.mode == mode
-        bad = _term(state, "fishers", 0, next(iter(state["fishers"][0])),
-                    2.0 * next(iter(state["fishers"][0].values())))
+        bad = _term(
+            state, "fishers", 0, next(iter(state["fishers"][0])), 2.0 * next(iter(state["fishers"][0].values()))
+        )
         with pytest.raises(ValueError, match=r"fishers\[0\].*stiffness"):
             L2Penalty(1.0).load_state_dict(bad)
     EWCPenalty(1.0).load_state_dict(_state(cls=L2Penalty))  # any valid Fisher is fine for EWC
@@ -398,8 +400,11 @@ def test_load_state_dict_accepts_what_state_dict_can_hold():
     net = make_net(1)
     for num_tasks in (3, np.int64(3), torch.tensor(3)):
         pen = EWCPenalty(1.0)
-        pen.load_state_dict(_with(s, num_tasks=num_tasks, lam=torch.tensor(3.0),
-                                  anchors=tuple(s["anchors"]), fishers=tuple(s["fishers"])))
+        pen.load_state_dict(
+            _with(
+                s, num_tasks=num_tasks, lam=torch.tensor(3.0), anchors=tuple(s["anchors"]), fishers=tuple(s["fishers"])
+            )
+        )
         assert pen.num_tasks == 3 and isinstance(pen.num_tasks, int) and pen.lam == 3.0
         ref = EWCPenalty(1.0)
         ref.load_state_dict(s)
@@ -451,8 +456,11 @@ def test_model_on_another_device_is_a_clear_error_and_to_fixes_it():
     pen = EWCPenalty(2.0)
     pen.consolidate(net, random_fisher(net, 0))
     meta = make_net(0).to("meta")  # another device, available on every machine
-    for call in (lambda: pen(meta), lambda: pen.proximal_step(meta, 0.1),
-                 lambda: pen.consolidate(meta, {n: torch.ones_like(p) for n, p in meta.named_parameters()})):
+    for call in (
+        lambda: pen(meta),
+        lambda: pen.proximal_step(meta, 0.1),
+        lambda: pen.consolidate(meta, {n: torch.ones_like(p) for n, p in meta.named_parameters()}),
+    ):
         with pytest.raises(ValueError, match=r"model.*meta.*penalty\.to"):
             call()
     assert pen.to("meta") is pen

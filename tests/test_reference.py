@@ -78,10 +78,13 @@ def test_bernoulli_empirical_loop_by_hand():
         r = y - torch.sigmoid(model(x)[:, 0])
     g = r[:, None] * features(x, True)  # score of a logistic regression
     close(reference.per_example_scores(model, x, y, likelihood="bernoulli"), g, "Bernoulli scores")
-    close(reference.fisher_matrix_loop(model, x, likelihood="bernoulli", estimator="empirical", targets=y),
-          g.T @ g / 4, "Bernoulli EF loop")
+    close(
+        reference.fisher_matrix_loop(model, x, likelihood="bernoulli", estimator="empirical", targets=y),
+        g.T @ g / 4,
+        "Bernoulli EF loop",
+    )
     d = reference.fisher_diagonal_loop(model, x, likelihood="bernoulli", estimator="empirical", targets=y)
-    close(torch.cat([d["weight"].reshape(-1), d["bias"]]), (g ** 2).mean(0), "Bernoulli EF diagonal loop")
+    close(torch.cat([d["weight"].reshape(-1), d["bias"]]), (g**2).mean(0), "Bernoulli EF diagonal loop")
 
 
 def test_hessian_loop_against_torch_autograd_functional_hessian():
@@ -95,8 +98,11 @@ def test_hessian_loop_against_torch_autograd_functional_hessian():
         return -torch.log_softmax(f, -1).gather(1, y[:, None]).mean()
 
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    close(reference.hessian_loop(model, x, y), torch.autograd.functional.hessian(mean_nll, theta),
-          "hessian_loop vs torch.autograd.functional.hessian")
+    close(
+        reference.hessian_loop(model, x, y),
+        torch.autograd.functional.hessian(mean_nll, theta),
+        "hessian_loop vs torch.autograd.functional.hessian",
+    )
 
 
 def test_mc_loop_needs_sampled_targets():
@@ -127,9 +133,11 @@ def test_reference_imports_nothing_private_from_the_library():
         if isinstance(node, ast.ImportFrom):
             module = node.module or ""
             internal = node.level > 0 or module.split(".")[0] == "ewc_lib"
-            if internal and (any(part.startswith("_") for part in module.split(".") if part)
-                             or "curvature" in module
-                             or any(a.name.startswith("_") or a.name == "curvature" for a in node.names)):
+            if internal and (
+                any(part.startswith("_") for part in module.split(".") if part)
+                or "curvature" in module
+                or any(a.name.startswith("_") or a.name == "curvature" for a in node.names)
+            ):
                 offending.append(ast.unparse(node))
         elif isinstance(node, ast.Import):
             for a in node.names:
@@ -169,5 +177,8 @@ def test_bernoulli_reference_outcome_weights_do_not_cancel():
     s = torch.sigmoid(torch.tensor(60.0, dtype=torch.float64))
     s_not = torch.sigmoid(torch.tensor(-60.0, dtype=torch.float64))  # e^-60, not 1 - s = 0
     variance = s * s_not
-    close(fisher, variance * torch.tensor([[3600.0, 60.0], [60.0, 1.0]], dtype=torch.float64),
-          "Bernoulli Fisher s (1 - s) [x; 1][x; 1]^T at a saturated logit")
+    close(
+        fisher,
+        variance * torch.tensor([[3600.0, 60.0], [60.0, 1.0]], dtype=torch.float64),
+        "Bernoulli Fisher s (1 - s) [x; 1][x; 1]^T at a saturated logit",
+    )

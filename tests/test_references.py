@@ -26,8 +26,7 @@ def _fields(entry):
 
 
 def test_every_entry_has_a_link(entries):
-    missing = [key for key, e in entries.items()
-               if not {"doi", "eprint", "url"} & set(_fields(e))]
+    missing = [key for key, e in entries.items() if not {"doi", "eprint", "url"} & set(_fields(e))]
     assert not missing, f"entries without doi, eprint (arXiv) or url: {missing}"
 
 
@@ -49,11 +48,14 @@ def test_identifiers_are_well_formed(entries):
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("key,field,value", [
-    ("kirkpatrick2017overcoming", "doi", "10.1073/pnas.1611835114"),
-    ("kirkpatrick2017overcoming", "eprint", "1612.00796"),
-    ("kunstner2019limitations", "eprint", "1905.12558"),
-    ("kunstner2019code", "url", "https://github.com/fKunstner/limitations-empirical-fisher"),
-])
+@pytest.mark.parametrize(
+    "key,field,value",
+    [
+        ("kirkpatrick2017overcoming", "doi", "10.1073/pnas.1611835114"),
+        ("kirkpatrick2017overcoming", "eprint", "1612.00796"),
+        ("kunstner2019limitations", "eprint", "1905.12558"),
+        ("kunstner2019code", "url", "https://github.com/fKunstner/limitations-empirical-fisher"),
+    ],
+)
 def test_key_sources(entries, key, field, value):
     assert _fields(entries[key]).get(field) == value

@@ -119,8 +119,9 @@ def data(likelihood, features, model, n=7, seed=0):
 
 
 def snapshot(model):
-    return [(m, attr, p, p.detach().clone()) for m in model.modules() for attr, p in m._parameters.items()
-            if p is not None]
+    return [
+        (m, attr, p, p.detach().clone()) for m in model.modules() for attr, p in m._parameters.items() if p is not None
+    ]
 
 
 def assert_untouched(model, snap):
@@ -145,8 +146,9 @@ def test_reuse_fisher_diagonal_against_loop(name, factory, likelihood, features,
     x, y = data(likelihood, features, model)
     snap = snapshot(model)
     kw = dict(likelihood=likelihood, estimator=estimator, targets=y)
-    d = ewc_lib.fisher_diagonal(model, x, num_samples=2, generator=gen(5),
-                                batch_size=3 if estimator == "batched_empirical" else None, **kw)
+    d = ewc_lib.fisher_diagonal(
+        model, x, num_samples=2, generator=gen(5), batch_size=3 if estimator == "batched_empirical" else None, **kw
+    )
     sampled = ewc_lib.sample_targets(model, x, likelihood=likelihood, num_samples=2, generator=gen(5))
     ref = reference.fisher_diagonal_loop(model, x, sampled_targets=sampled, batch_size=3, **kw)
     assert list(d) == list(ref)
@@ -165,10 +167,12 @@ def test_reuse_dense_functions_against_loops_and_model_left_intact(name, factory
     snap = snapshot(model)
     kw = dict(likelihood=likelihood)
     assert_close(ewc_lib.ggn(model, x, **kw), reference.ggn_loop(model, x, **kw), what=f"{name}: ggn")
-    assert_close(ewc_lib.expected_hessian(model, x, **kw), reference.expected_hessian_loop(model, x, **kw),
-                 what=f"{name}: expected_hessian")
-    assert_close(ewc_lib.hessian(model, x, y, **kw), reference.hessian_loop(model, x, y, **kw),
-                 what=f"{name}: hessian")
+    assert_close(
+        ewc_lib.expected_hessian(model, x, **kw),
+        reference.expected_hessian_loop(model, x, **kw),
+        what=f"{name}: expected_hessian",
+    )
+    assert_close(ewc_lib.hessian(model, x, y, **kw), reference.hessian_loop(model, x, y, **kw), what=f"{name}: hessian")
     assert_untouched(model, snap)
 
 
@@ -206,8 +210,11 @@ def test_fast_models_say_fast_and_agree_with_loop(name, model):
     path, reason = ewc_lib.fisher_path(model)
     assert path == "fast" and "every parameter used once" in reason
     x = torch.randn(6, 3, generator=gen(2), dtype=D)
-    assert_close(flatten_params(ewc_lib.fisher_diagonal(model, x)),
-                 flatten_params(reference.fisher_diagonal_loop(model, x)), what=name)
+    assert_close(
+        flatten_params(ewc_lib.fisher_diagonal(model, x)),
+        flatten_params(reference.fisher_diagonal_loop(model, x)),
+        what=name,
+    )
 
 
 def _generic_models():
@@ -231,20 +238,27 @@ def test_generic_models_say_why(name, model, word):
     assert path == "generic" and word in reason, reason
     if name != "no Linear":
         x = torch.randn(6, 3, generator=gen(3), dtype=D)
-        assert_close(flatten_params(ewc_lib.fisher_diagonal(model, x)),
-                     flatten_params(reference.fisher_diagonal_loop(model, x)), what=name)
+        assert_close(
+            flatten_params(ewc_lib.fisher_diagonal(model, x)),
+            flatten_params(reference.fisher_diagonal_loop(model, x)),
+            what=name,
+        )
 
 
 def test_global_hooks_send_models_to_the_generic_path():
     model = ewc_lib.mlp([3, 4, 3], seed=0, dtype=D)
     x = torch.randn(6, 3, generator=gen(4), dtype=D)
-    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: o * 1.5 if isinstance(
-        m, nn.Linear) else None)
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: o * 1.5 if isinstance(m, nn.Linear) else None
+    )
     try:
         path, reason = ewc_lib.fisher_path(model)
         assert path == "generic" and "global" in reason
-        assert_close(flatten_params(ewc_lib.fisher_diagonal(model, x)),
-                     flatten_params(reference.fisher_diagonal_loop(model, x)), what="global hook")
+        assert_close(
+            flatten_params(ewc_lib.fisher_diagonal(model, x)),
+            flatten_params(reference.fisher_diagonal_loop(model, x)),
+            what="global hook",
+        )
     finally:
         handle.remove()
     assert ewc_lib.fisher_path(model)[0] == "fast"
@@ -258,8 +272,11 @@ def test_fisher_path_with_inputs_of_more_dimensions():
     assert path == "generic" and "(5, 2, 3)" in reason
     flat_first = nn.Sequential(nn.Flatten(), _lin(6, 3, 3))
     assert ewc_lib.fisher_path(flat_first, x)[0] == "fast"
-    assert_close(flatten_params(ewc_lib.fisher_diagonal(model, x)),
-                 flatten_params(reference.fisher_diagonal_loop(model, x)), what="3-D inputs")
+    assert_close(
+        flatten_params(ewc_lib.fisher_diagonal(model, x)),
+        flatten_params(reference.fisher_diagonal_loop(model, x)),
+        what="3-D inputs",
+    )
     with pytest.raises(TypeError, match="model"):
         ewc_lib.fisher_path("not a model")
     with pytest.raises(ValueError, match="inputs"):

@@ -38,7 +38,6 @@ def _eval_mode(model):
             p.requires_grad_(flag)
 
 
-
 def _usable(t):
     """A tensor created under ``torch.inference_mode()`` cannot be saved for backward: copy it."""
     if isinstance(t, torch.Tensor) and t.is_inference():
@@ -51,18 +50,22 @@ def _check_outputs(f, lo=None, hi=None):
     """ValueError unless the model's outputs ``f`` are finite."""
     if not _all_finite(f):
         where = "" if lo is None else f" for inputs[{lo}:{hi}]"
-        raise ValueError(f"model: its outputs are not finite (NaN or inf){where}, although the inputs and "
-                         f"parameters are; the activations overflow in {f.dtype} (rescale the inputs, or use "
-                         f"float64)")
+        raise ValueError(
+            f"model: its outputs are not finite (NaN or inf){where}, although the inputs and "
+            f"parameters are; the activations overflow in {f.dtype} (rescale the inputs, or use "
+            f"float64)"
+        )
 
 
 def _check_result(result, function):
     """ValueError if an accumulated result overflowed although every output was finite."""
     values = result.values() if isinstance(result, dict) else (result,)
     if not all(_all_finite(t) for t in values):
-        raise ValueError(f"model: {function} is not finite (overflow) although the model's outputs are finite: "
-                         f"the per-example gradients are too large for {next(iter(values)).dtype} (rescale the "
-                         f"inputs, or use float64)")
+        raise ValueError(
+            f"model: {function} is not finite (overflow) although the model's outputs are finite: "
+            f"the per-example gradients are too large for {next(iter(values)).dtype} (rescale the "
+            f"inputs, or use float64)"
+        )
     return result
 
 
@@ -77,7 +80,7 @@ def _all_finite(t, rows=4096):
         return True
     if t.ndim == 0:
         return bool(torch.isfinite(t))
-    return all(bool(torch.isfinite(t[i:i + rows]).all()) for i in range(0, t.shape[0], rows))
+    return all(bool(torch.isfinite(t[i : i + rows]).all()) for i in range(0, t.shape[0], rows))
 
 
 class _Setup:
@@ -93,8 +96,9 @@ class _Setup:
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"inputs: expected a torch.Tensor of shape (N, ...), got {type(inputs).__name__}")
         if inputs.ndim < 2:
-            raise ValueError(f"inputs: expected a tensor with at least 2 dimensions (N, ...), got shape "
-                             f"{tuple(inputs.shape)}")
+            raise ValueError(
+                f"inputs: expected a tensor with at least 2 dimensions (N, ...), got shape {tuple(inputs.shape)}"
+            )
         if inputs.shape[0] == 0:
             raise ValueError("inputs: expected at least one data point, got an empty batch (N = 0)")
         if not inputs.is_floating_point():
@@ -106,8 +110,10 @@ class _Setup:
             dtypes.setdefault(p.dtype, []).append(name)
         if len(dtypes) > 1:
             listing = "; ".join(f"{dt}: {names}" for dt, names in dtypes.items())
-            raise TypeError(f"model: its parameters have mixed dtypes ({listing}); convert the model to one "
-                            f"dtype, e.g. model.double()")
+            raise TypeError(
+                f"model: its parameters have mixed dtypes ({listing}); convert the model to one "
+                f"dtype, e.g. model.double()"
+            )
         dtype = self.named[0][1].dtype
         for name, p in self.named:
             if not _all_finite(p.detach()):
@@ -120,21 +126,28 @@ class _Setup:
             try:
                 out = model(self.inputs[:1].clone())
             except (RuntimeError, ValueError, TypeError, IndexError) as err:
-                raise ValueError(f"inputs: the model cannot be applied to inputs of shape {tuple(inputs.shape)} "
-                                 f"(one example: {tuple(inputs.shape[1:])}, dtype {inputs.dtype})"
-                                 f"{_expected_input(model, inputs)}; torch says: {str(err).splitlines()[0]}") \
-                    from err
+                raise ValueError(
+                    f"inputs: the model cannot be applied to inputs of shape {tuple(inputs.shape)} "
+                    f"(one example: {tuple(inputs.shape[1:])}, dtype {inputs.dtype})"
+                    f"{_expected_input(model, inputs)}; torch says: {str(err).splitlines()[0]}"
+                ) from err
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model output: expected a tensor, got {type(out).__name__}")
         if likelihood == "categorical" and (out.ndim != 2 or out.shape[1] < 2):
-            raise ValueError(f"model output: expected logits of shape (N, C) with C >= 2 for likelihood="
-                             f"'categorical', got shape {tuple(out.shape)} for N = 1")
+            raise ValueError(
+                f"model output: expected logits of shape (N, C) with C >= 2 for likelihood="
+                f"'categorical', got shape {tuple(out.shape)} for N = 1"
+            )
         if likelihood == "gaussian" and out.ndim != 2:
-            raise ValueError(f"model output: expected means of shape (N, D) for likelihood='gaussian', got "
-                             f"shape {tuple(out.shape)} for N = 1")
+            raise ValueError(
+                f"model output: expected means of shape (N, D) for likelihood='gaussian', got "
+                f"shape {tuple(out.shape)} for N = 1"
+            )
         if likelihood == "bernoulli" and tuple(out.shape) != (1, 1):
-            raise ValueError(f"model output: expected one logit per example, shape (N, 1), for likelihood="
-                             f"'bernoulli', got shape {tuple(out.shape)} for N = 1")
+            raise ValueError(
+                f"model output: expected one logit per example, shape (N, 1), for likelihood="
+                f"'bernoulli', got shape {tuple(out.shape)} for N = 1"
+            )
         if out.dtype != dtype:
             raise TypeError(f"model output: expected dtype {dtype} (that of the parameters), got {out.dtype}")
         self.out_dim = out.shape[1]
@@ -157,8 +170,10 @@ class _Setup:
             if tuple(targets.shape) != (n,):
                 raise ValueError(f"{name}: expected shape ({n},), got {tuple(targets.shape)}")
             if targets.min() < 0 or targets.max() >= c:
-                raise ValueError(f"{name}: expected class indices in [0, {c}), got values in "
-                                 f"[{int(targets.min())}, {int(targets.max())}]")
+                raise ValueError(
+                    f"{name}: expected class indices in [0, {c}), got values in "
+                    f"[{int(targets.min())}, {int(targets.max())}]"
+                )
             return targets.long()
         if self.likelihood == "bernoulli":
             if tuple(targets.shape) not in ((n,), (n, 1)):
@@ -169,8 +184,9 @@ class _Setup:
             return t
         # gaussian
         if not targets.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor for likelihood='gaussian', got dtype "
-                            f"{targets.dtype}")
+            raise TypeError(
+                f"{name}: expected a floating-point tensor for likelihood='gaussian', got dtype {targets.dtype}"
+            )
         if tuple(targets.shape) == (n,) and c == 1:
             targets = targets.reshape(n, 1)
         if tuple(targets.shape) != (n, c):
@@ -181,9 +197,11 @@ class _Setup:
 
     def check_dense(self, function):
         if self.numel > MAX_DENSE_PARAMS:
-            raise ValueError(f"model: {function} builds a dense (P, P) matrix and P = {self.numel} trainable "
-                             f"parameters exceeds MAX_DENSE_PARAMS = {MAX_DENSE_PARAMS}; use fisher_diagonal, or "
-                             f"freeze parameters (requires_grad=False) to look at a block")
+            raise ValueError(
+                f"model: {function} builds a dense (P, P) matrix and P = {self.numel} trainable "
+                f"parameters exceeds MAX_DENSE_PARAMS = {MAX_DENSE_PARAMS}; use fisher_diagonal, or "
+                f"freeze parameters (requires_grad=False) to look at a block"
+            )
 
     def chunks(self, size):
         for start in range(0, self.n, size):
@@ -206,8 +224,12 @@ def _param_slots(model, named):
     holds the parameter gets the same replacement tensor, and each slot is swapped once.
     """
     ids = {id(p): name for name, p in named}
-    return [(m, attr, ids[id(p)]) for m in model.modules() for attr, p in m._parameters.items()
-            if p is not None and id(p) in ids]
+    return [
+        (m, attr, ids[id(p)])
+        for m in model.modules()
+        for attr, p in m._parameters.items()
+        if p is not None and id(p) in ids
+    ]
 
 
 def _call_with(model, slots, params, x):
@@ -231,13 +253,16 @@ def _expected_input(model, inputs):
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
             if inputs.shape[-1] != m.in_features:
-                return (f"; its first nn.Linear layer ({name!r}) expects {m.in_features} input features, the "
-                        f"inputs have {inputs.shape[-1]}")
+                return (
+                    f"; its first nn.Linear layer ({name!r}) expects {m.in_features} input features, the "
+                    f"inputs have {inputs.shape[-1]}"
+                )
             return ""
         if isinstance(m, nn.modules.conv._ConvNd):
             if inputs.ndim >= 3 and inputs.shape[1] != m.in_channels:
-                return (f"; its first convolution ({name!r}) expects {m.in_channels} input channels, the "
-                        f"inputs have {inputs.shape[1]}")
+                return (
+                    f"; its first convolution ({name!r}) expects {m.in_channels} input channels, the "
+                    f"inputs have {inputs.shape[1]}"
+                )
             return ""
     return ""
-

@@ -40,20 +40,30 @@ class _NotFast(Exception):
 
 _FAST_TYPES = (nn.Linear,) + _ELEMENTWISE + _PASS
 _FAST_NAMES = "nn.Linear, " + ", ".join(f"nn.{t.__name__}" for t in _ELEMENTWISE + _PASS) + " and nested nn.Sequential"
-_REUSE = ("its per-layer squares would add g1^2 + g2^2 of the two uses instead of the square (g1 + g2)^2 of "
-          "the parameter's gradient")
+_REUSE = (
+    "its per-layer squares would add g1^2 + g2^2 of the two uses instead of the square (g1 + g2)^2 of "
+    "the parameter's gradient"
+)
 
 
 def _hooked(m):
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                or getattr(m, "_backward_pre_hooks", None))
+    return bool(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
+    )
 
 
 def _global_hooks():
     from torch.nn.modules import module as mod
-    return any(getattr(mod, name, None) for name in (
-        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-        "_global_backward_pre_hooks"))
+
+    return any(
+        getattr(mod, name, None)
+        for name in (
+            "_global_forward_hooks",
+            "_global_forward_pre_hooks",
+            "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
+    )
 
 
 def _plan(model):
@@ -61,8 +71,7 @@ def _plan(model):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if type(model) is not nn.Sequential:
-        return None, (f"the model is a {type(model).__name__}, not an nn.Sequential (a custom forward can do "
-                      f"anything)")
+        return None, (f"the model is a {type(model).__name__}, not an nn.Sequential (a custom forward can do anything)")
     if _global_hooks():
         return None, "global module hooks are registered (torch.nn.modules.module.register_module_*_hook)"
     layers, where = [], []
@@ -82,8 +91,11 @@ def _plan(model):
                 layers.append(m)
                 where.append(path)
             else:
-                return (f"layer {path!r} is a {type(m).__name__}; the fast path handles only {_FAST_NAMES}"
-                        if m is not None else f"layer {path!r} is None")
+                return (
+                    f"layer {path!r} is a {type(m).__name__}; the fast path handles only {_FAST_NAMES}"
+                    if m is not None
+                    else f"layer {path!r} is None"
+                )
         return None
 
     why = walk(model, "")
@@ -95,19 +107,22 @@ def _plan(model):
     seen_modules, seen_params = {}, {}
     for path, m in linear:
         if id(m) in seen_modules:
-            return None, (f"layers {seen_modules[id(m)]!r} and {path!r} are the same nn.Linear module (a "
-                          f"repeated module); {_REUSE}")
+            return None, (
+                f"layers {seen_modules[id(m)]!r} and {path!r} are the same nn.Linear module (a "
+                f"repeated module); {_REUSE}"
+            )
         seen_modules[id(m)] = path
         for attr in ("weight", "bias"):
             t = getattr(m, attr)
             if t is None:
                 continue
             if id(t) in seen_params:
-                return None, (f"{path}.{attr} and {seen_params[id(t)]} are the same parameter (tied weights); "
-                              f"{_REUSE}")
+                return None, (f"{path}.{attr} and {seen_params[id(t)]} are the same parameter (tied weights); {_REUSE}")
             seen_params[id(t)] = f"{path}.{attr}"
-    return layers, (f"an nn.Sequential of {_FAST_NAMES} without hooks, every parameter used once: the squares "
-                    f"of the per-example gradients in closed form, layer by layer")
+    return layers, (
+        f"an nn.Sequential of {_FAST_NAMES} without hooks, every parameter used once: the squares "
+        f"of the per-example gradients in closed form, layer by layer"
+    )
 
 
 def _fast_plan(model):
@@ -169,8 +184,10 @@ def fisher_path(model, inputs=None):
         if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
             raise ValueError(f"inputs: expected a tensor of shape (N, ...) or None, got {describe(inputs)}")
         if not _input_dims_ok(layers, inputs):
-            return "generic", (f"inputs of shape {tuple(inputs.shape)} reach an nn.Linear layer with more than "
-                               f"2 dimensions; the fast path needs (n, features) at every Linear layer")
+            return "generic", (
+                f"inputs of shape {tuple(inputs.shape)} reach an nn.Linear layer with more than "
+                f"2 dimensions; the fast path needs (n, features) at every Linear layer"
+            )
     return "fast", reason
 
 
@@ -262,17 +279,23 @@ def _fast_diag_chunk(layers, x, factor_fn, acc, trainable_ids, names, scale):
         # (Flatten is not recorded: after the first Linear it acts on 2-D tensors as the identity)
 
 
-
 def _fast_diagonal(setup, plan, estimator, targets, noise, acc):
     trainable_ids = {id(p) for _, p in setup.named}
     names = {id(p): n for n, p in setup.named}
     size = setup.batch_size or FAST_CHUNK
     for lo, hi in setup.chunks(size):
+
         def factor_fn(f, lo=lo, hi=hi):
             _check_outputs(f, lo, hi)
-            return _factors(f, setup.likelihood, estimator, setup.sigma2,
-                            None if targets is None else targets[lo:hi],
-                            None if noise is None else noise[lo:hi], cholesky=True)
+            return _factors(
+                f,
+                setup.likelihood,
+                estimator,
+                setup.sigma2,
+                None if targets is None else targets[lo:hi],
+                None if noise is None else noise[lo:hi],
+                cholesky=True,
+            )
+
         _fast_diag_chunk(plan, setup.inputs[lo:hi], factor_fn, acc, trainable_ids, names, 1.0 / setup.n)
     return acc
-

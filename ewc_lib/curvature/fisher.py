@@ -72,8 +72,12 @@ def _estimator_args(setup, estimator, targets, num_samples, generator):
     noise = None
     if estimator == "mc":
         noise = _draw_noise(setup.n, num_samples, setup.out_dim, setup.likelihood, generator, setup.dtype)
-    k = {"exact": setup.out_dim if setup.likelihood != "bernoulli" else 1, "mc": num_samples,
-         "empirical": 1, "batched_empirical": 1}[estimator]
+    k = {
+        "exact": setup.out_dim if setup.likelihood != "bernoulli" else 1,
+        "mc": num_samples,
+        "empirical": 1,
+        "batched_empirical": 1,
+    }[estimator]
     return targets, noise, k
 
 
@@ -90,9 +94,6 @@ def _batched_grads(setup, targets):
         loglik = -_nll(f, targets[lo:hi], setup.likelihood, setup.sigma2).mean()
         grads = torch.autograd.grad(loglik, plist, allow_unused=True)
         yield (hi - lo) / setup.n, [torch.zeros_like(p) if g is None else g for p, g in zip(plist, grads)]
-
-
-
 
 
 _ESTIMATOR_PARAMS_DOC = """Parameters
@@ -127,8 +128,18 @@ _ESTIMATOR_PARAMS_DOC = """Parameters
 """
 
 
-def fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact", targets=None,
-                    num_samples=1, batch_size=None, generator=None, sigma2=1.0):
+def fisher_diagonal(
+    model,
+    inputs,
+    *,
+    likelihood="categorical",
+    estimator="exact",
+    targets=None,
+    num_samples=1,
+    batch_size=None,
+    generator=None,
+    sigma2=1.0,
+):
     r"""Diagonal of a Fisher information estimator, as a dict ``name -> tensor``.
 
     One tensor per trainable entry of ``model.named_parameters()``, same names, shapes and
@@ -187,8 +198,7 @@ def fisher_diagonal(model, inputs, *, likelihood="categorical", estimator="exact
         plan = _fast_plan(model)
         if plan is not None and _input_dims_ok(plan, setup.inputs):
             try:
-                return _check_result(_fast_diagonal(setup, plan, estimator, targets, noise, acc),
-                                     "the Fisher diagonal")
+                return _check_result(_fast_diagonal(setup, plan, estimator, targets, noise, acc), "the Fisher diagonal")
             except _NotFast:  # (not expected: _input_dims_ok checks the shapes first)
                 acc = {n: torch.zeros_like(p) for n, p in setup.named}
         for _lo, _hi, _v, grads in _generic_chunks(setup, estimator, targets, noise, k):
@@ -205,14 +215,29 @@ def _generic_chunks(setup, estimator, targets, noise, k):
         with torch.no_grad():
             f = setup.model(x)
         _check_outputs(f, lo, hi)
-        v = _factors(f, setup.likelihood, estimator, setup.sigma2,
-                     None if targets is None else targets[lo:hi],
-                     None if noise is None else noise[lo:hi])
+        v = _factors(
+            f,
+            setup.likelihood,
+            estimator,
+            setup.sigma2,
+            None if targets is None else targets[lo:hi],
+            None if noise is None else noise[lo:hi],
+        )
         yield lo, hi, v, _per_example_grads(setup, x, v)
 
 
-def fisher_matrix(model, inputs, *, likelihood="categorical", estimator="exact", targets=None,
-                  num_samples=1, batch_size=None, generator=None, sigma2=1.0):
+def fisher_matrix(
+    model,
+    inputs,
+    *,
+    likelihood="categorical",
+    estimator="exact",
+    targets=None,
+    num_samples=1,
+    batch_size=None,
+    generator=None,
+    sigma2=1.0,
+):
     r"""The Fisher estimator of :func:`fisher_diagonal` as a dense ``(P, P)`` matrix.
 
     Same estimators, options and conventions: with ``g(y, x)`` the score,
@@ -278,7 +303,6 @@ def sample_targets(model, inputs, *, likelihood="categorical", num_samples=1, ge
         f = model(setup.inputs)
         _check_outputs(f)
         return _noise_to_targets(f, noise, likelihood, setup.sigma2)
-
 
 
 for _f in (fisher_diagonal, fisher_matrix):

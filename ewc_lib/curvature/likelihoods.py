@@ -186,4 +186,3 @@ def _factors(f, likelihood, estimator, sigma2, targets=None, noise=None, cholesk
     else:
         v = (y - f.unsqueeze(1)) / sigma2
     return v / math.sqrt(s)
-

@@ -44,7 +44,6 @@ def unflatten_params(vector: torch.Tensor, model: nn.Module) -> dict:
         raise ValueError(f"vector: expected a 1-D tensor of length {total}, got {shape}")
     out, i = {}, 0
     for name, p in named:
-        out[name] = vector[i:i + p.numel()].reshape(p.shape)
+        out[name] = vector[i : i + p.numel()].reshape(p.shape)
         i += p.numel()
     return out
-

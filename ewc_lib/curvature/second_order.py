@@ -22,12 +22,14 @@ __all__ = ["hessian", "expected_hessian", "ggn"]
 
 def _flat_function(setup, fn):
     """theta (P,) -> fn(outputs of the chunk), the parameters swapped in by ``setup.call``."""
+
     def wrapped(theta, x, *args):
         params, i = {}, 0
         for name, p in setup.named:
-            params[name] = theta[i:i + p.numel()].reshape(p.shape)
+            params[name] = theta[i : i + p.numel()].reshape(p.shape)
             i += p.numel()
         return fn(setup.call(params, x), *args)
+
     return wrapped
 
 
@@ -160,4 +162,3 @@ def ggn(model, inputs, *, likelihood="categorical", sigma2=1.0, batch_size=None)
             lj = torch.einsum("ncd,ndq->ncq", lam, J).reshape(-1, P)
             acc.addmm_(J.reshape(-1, P).T, lj)
         return _check_result(acc / setup.n, "the GGN")
-
