@@ -28,6 +28,7 @@ True
 from __future__ import annotations
 
 import os
+import sys
 
 __all__ = ["CLASS_ENV", "class_mode", "glue", "glued", "claim", "check", "ClaimFailed", "Claims"]
 
@@ -121,7 +122,7 @@ class Claims:
         lines = ["| | claim | detail |", "| --- | --- | --- |"]
         for ok, claim, detail in self.rows:
             mark = "holds" if ok else "**does not hold**"
-            lines.append(f"| {mark} | {_cell(claim)} | {_cell(detail)} |")
+            lines.append(f"| {mark} | `{_cell(claim)}` | {_cell(detail)} |")
         head = f"**{self.title}**\n\n" if self.title else ""
         n_bad = len(self.failed)
         summary = (f"{len(self.rows) - n_bad} of {len(self.rows)} claims hold at these "
@@ -166,8 +167,12 @@ _PENDING: list = []       # class mode: claims of the running cell, shown when i
 _HOOKED: list = []
 
 
-def claim(holds, text: str, detail="") -> bool:
+def claim(holds, text: str | None = None, detail="") -> bool:
     """Assert one claim of the notebook; return whether it holds.
+
+    ``claim(condition, detail=message)`` replaces ``assert condition, message``. ``text``
+    names the claim; by default it is the source of the ``holds`` argument, read from the
+    calling code (``executing``, which IPython uses for its tracebacks).
 
     Default: ``ClaimFailed`` (an ``AssertionError``) when ``holds`` is false, with ``text`` and
     ``detail`` as the message. Class mode (``EWC_CLASS=1``): never raises; in a Jupyter kernel
@@ -175,7 +180,13 @@ def claim(holds, text: str, detail="") -> bool:
 
     >>> claim(2 > 1, "two exceeds one", "2 vs 1")
     True
+    >>> claim(1 > 2)
+    Traceback (most recent call last):
+    ...
+    ewc_lib.claims.ClaimFailed: 1 > 2
     """
+    if text is None:
+        text = _argument_source(sys._getframe(1))
     ok = bool(holds)
     detail = "" if detail is None else str(detail)
     if not class_mode():
@@ -192,6 +203,22 @@ def claim(holds, text: str, detail="") -> bool:
         _HOOKED[:] = [ip]
     _PENDING.append((ok, str(text), detail))
     return ok
+
+
+def _argument_source(frame) -> str:
+    """The source text of the first argument of the ``claim(...)`` call running in ``frame``."""
+    try:
+        import ast
+
+        import executing
+
+        node = executing.Source.executing(frame).node
+        source = executing.Source.for_frame(frame)
+        if isinstance(node, ast.Call) and node.args:
+            return " ".join(source.asttokens().get_text(node.args[0]).split())
+    except Exception:  # noqa: BLE001 - a name for the claim is a convenience
+        pass
+    return "claim"
 
 
 def _show_pending(*_args) -> None:

@@ -77,8 +77,8 @@ def test_class_mode_reports_and_goes_on(monkeypatch, capsys):
         claim(False, "EWC keeps A", "80.1 % < 90 %")
     out = capsys.readouterr().out   # no IPython kernel here: printed as Markdown text
     assert "1 of 2 claims hold" in out
-    assert "| holds | SGD forgets A |" in out
-    assert "| **does not hold** | EWC keeps A | 80.1 % < 90 % |" in out
+    assert "| holds | `SGD forgets A` |" in out
+    assert "| **does not hold** | `EWC keeps A` | 80.1 % < 90 % |" in out
 
 
 def test_strict_argument_overrides_mode(monkeypatch):
@@ -135,3 +135,12 @@ def test_claim_table_in_a_kernel_at_the_end_of_the_cell(monkeypatch):
     assert len(shown) == 1 and "1 of 2 claims hold" in shown[0] and "second" in shown[0]
     events["post_run_cell"](None)   # nothing pending: nothing shown
     assert len(shown) == 1
+
+
+def test_claim_is_named_by_its_condition(monkeypatch):
+    monkeypatch.delenv(claims.CLASS_ENV, raising=False)
+    lam_ewc, threshold = 10.0, 100.0
+    with pytest.raises(ClaimFailed) as info:
+        claims.claim(lam_ewc >= threshold,
+                     detail=f"{lam_ewc} < {threshold}")
+    assert str(info.value) == "lam_ewc >= threshold (10.0 < 100.0)"
