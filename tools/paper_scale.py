@@ -4,6 +4,7 @@
     python tools/paper_scale.py fig2c --seeds 0 1 2
     python tools/paper_scale.py fig2b --seeds 0
     python tools/paper_scale.py all            # the three, seeds 0 1 2
+    python tools/paper_scale.py fig2b --seeds 2 --methods sgd_dropout single_task
 
 Resumable: every search point and every run is written to its file when it finishes, and a
 rerun skips what the file already holds. Several invocations may run at once (the files are
@@ -27,8 +28,31 @@ from ewc_lib.progress import progress_bar
 EPOCH_SECONDS = {"fig2a": 2.4, "fig2b": 2.2, "fig2c": 1.8}
 
 
-def _jobs(figure, seeds):
-    """(kind, args, epochs) still to do, in order; lam resolved when the job starts."""
+def _keys(figure):
+    """The runs of one seed: methods (2A, 2B) or squares (2C)."""
+    if figure == "fig2a":
+        return ["sgd", "l2", "ewc"]
+    if figure == "fig2b":
+        return ["ewc", "sgd_dropout", "single_task"]
+    return ex.CONFIGS[figure]["squares"]
+
+
+def _recorded(figure, kind, job):
+    """Whether a job is already in the file (another process may have recorded it)."""
+    data = ex.existing(figure)
+    if kind == "search":
+        return any((p["method"], p["lam"]) == job for p in (data["search"] or {}).get("points", []))
+    if kind == "run":
+        return any((r["seed"], r.get("method", r.get("square"))) == job for r in data["runs"])
+    return any((r["seed"], r["role"]) == job for r in data.get("extra_runs") or [])
+
+
+def _jobs(figure, seeds, methods=None):
+    """(kind, args, epochs) still to do, in order; lam resolved when the job starts.
+
+    ``methods`` restricts the runs to some methods (2A, 2B) or squares (2C), so that two
+    processes can share the runs of one seed; the search points are always included.
+    """
     cfg = ex.CONFIGS[figure]
     data = ex.existing(figure)
     done_points = {(p["method"], p["lam"]) for p in (data["search"] or {}).get("points", [])}
@@ -38,20 +62,16 @@ def _jobs(figure, seeds):
         for lam in grid:
             if (method, lam) not in done_points:
                 jobs.append(("search", (method, lam), cfg["tasks"] * cfg["epochs_per_task"]))
+    keys = [k for k in _keys(figure) if methods is None or str(k) in methods]
     for seed in seeds:
-        if figure == "fig2a":
-            keys = ["sgd", "l2", "ewc"]
-        elif figure == "fig2b":
-            keys = ["ewc", "sgd_dropout", "single_task"]
-        else:
-            keys = cfg["squares"]
         for key in keys:
             if (seed, key) not in done_runs:
                 epochs = cfg["epochs_per_task"] * (1 if key == "single_task" else cfg["tasks"])
                 if figure == "fig2b":
                     epochs = epochs // 3      # early stopping: rough guess for the ETA
                 jobs.append(("run", (seed, key), epochs))
-    if figure == "fig2a":   # last: L2 as strong as it must be to protect A as well as EWC
+    if figure == "fig2a" and (methods is None or "l2" in methods):
+        # last: L2 as strong as it must be to protect A as well as EWC
         done_extra = {(r["seed"], r["role"]) for r in data.get("extra_runs") or []}
         for seed in seeds:
             if (seed, "l2_protects_A") not in done_extra:
@@ -84,7 +104,16 @@ def main(argv=None):
     parser.add_argument("figure", choices=["fig2a", "fig2b", "fig2c", "all"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="only these runs of each seed: sgd l2 ewc (2A), ewc sgd_dropout "
+                             "single_task (2B), 8 26 (2C); default all")
     args = parser.parse_args(argv)
+    if args.methods is not None:
+        known = {str(k) for f in (["fig2a", "fig2b", "fig2c"] if args.figure == "all"
+                                  else [args.figure]) for k in _keys(f)}
+        unknown = sorted(set(args.methods) - known)
+        if unknown:
+            parser.error(f"--methods: unknown {unknown}; expected some of {sorted(known)}")
     commit, dirty = ex.code_state()    # the code as loaded now is what runs
     if dirty:
         sys.exit("ewc_lib/ or tools/ has uncommitted changes: commit before recording results")
@@ -92,13 +121,17 @@ def main(argv=None):
     command = "python tools/paper_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     figures = ["fig2a", "fig2c", "fig2b"] if args.figure == "all" else [args.figure]
     for figure in figures:
-        jobs = _jobs(figure, args.seeds)
+        jobs = _jobs(figure, args.seeds, args.methods)
         total = sum(e for *_, e in jobs) * EPOCH_SECONDS[figure]
         bar = progress_bar(total=round(total), desc=f"{figure}: {len(jobs)} jobs", unit="s",
                            bar_format="{desc} {percentage:3.0f}%|{bar}| ETA {remaining} "
                                       "(elapsed {elapsed})", position=0)
         for kind, job, epochs in jobs:
             start = time.time()
+            if _recorded(figure, kind, job):     # done by another process meanwhile
+                bar.update(round(epochs * EPOCH_SECONDS[figure]))
+                bar.write(f"{figure} {kind} {job}: already recorded, skipped")
+                continue
             if kind == "search":
                 method, lam = job
                 bar.set_description(f"{figure} search {method} lam={lam:g}")
