@@ -4,8 +4,8 @@
     .venv/bin/python tools/normalize_notebooks.py --check notebooks/*.md  # exit 1 if any differs
 
 A notebook opened in JupyterLab (``make lab``) and saved is written by jupytext with the
-settings of ``jupytext.toml``: block-style YAML header, cell options as a YAML block, long
-captions folded. A file kept in that form saves back unchanged except for the edited lines
+settings of ``notebooks/jupytext.toml``: block-style YAML header, cell options as a YAML
+block, long captions folded. A file kept in that form saves back unchanged except for the edited lines
 (issue 15). The header also names the kernelspec ``make install`` installs (display name
 "Python 3 (ewc)"): JupyterLab writes the running kernel's kernelspec into the notebook, and a
 different display name marked every notebook as modified the moment it opened.
@@ -26,7 +26,7 @@ KERNELSPEC = {"display_name": "Python 3 (ewc)", "language": "python", "name": "p
 
 def normalized(text: str) -> str:
     """``text`` as jupytext writes it back (with the project's kernelspec)."""
-    config = load_jupytext_configuration_file(str(ROOT / "jupytext.toml"))
+    config = load_jupytext_configuration_file(str(ROOT / "notebooks" / "jupytext.toml"))
     nb = jupytext.reads(text, fmt="md:myst")
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     return jupytext.writes(nb, fmt="md:myst", config=config)
