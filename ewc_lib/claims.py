@@ -22,7 +22,6 @@ Two helpers that make the notebooks read and run the same in the book and in cla
   defaults the files carry. :func:`check` does the same for a block (tests, scripts).
 
 >>> claim(1 + 1 == 2, "one plus one is two")
-True
 """
 
 from __future__ import annotations
@@ -167,8 +166,8 @@ _PENDING: list = []       # class mode: claims of the running cell, shown when i
 _HOOKED: list = []
 
 
-def claim(holds, text: str | None = None, detail="") -> bool:
-    """Assert one claim of the notebook; return whether it holds.
+def claim(holds, text: str | None = None, detail="") -> None:
+    """Assert one claim of the notebook.
 
     ``claim(condition, detail=message)`` replaces ``assert condition, message``. ``text``
     names the claim; by default it is the source of the ``holds`` argument, read from the
@@ -177,9 +176,9 @@ def claim(holds, text: str | None = None, detail="") -> bool:
     Default: ``ClaimFailed`` (an ``AssertionError``) when ``holds`` is false, with ``text`` and
     ``detail`` as the message. Class mode (``EWC_CLASS=1``): never raises; in a Jupyter kernel
     the claims of a cell are shown as one table when the cell ends, elsewhere each is printed.
+    Returns ``None``, like ``assert``: a cell that ends with a claim displays nothing.
 
     >>> claim(2 > 1, "two exceeds one", "2 vs 1")
-    True
     >>> claim(1 > 2)
     Traceback (most recent call last):
     ...
@@ -192,17 +191,17 @@ def claim(holds, text: str | None = None, detail="") -> bool:
     if not class_mode():
         if not ok:
             raise ClaimFailed(str(text) + (f" ({detail})" if detail else ""))
-        return True
+        return None
     ip = _kernel_shell()
     if ip is None:
         print(("holds: " if ok else "DOES NOT HOLD: ") + str(text)
               + (f" ({detail})" if detail else ""))
-        return ok
+        return None
     if not _HOOKED or _HOOKED[0] is not ip:
         ip.events.register("post_run_cell", _show_pending)
         _HOOKED[:] = [ip]
     _PENDING.append((ok, str(text), detail))
-    return ok
+    return None
 
 
 def _argument_source(frame) -> str:

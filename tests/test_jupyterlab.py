@@ -275,10 +275,12 @@ def _run_all(page):
 _OUTPUTS_JS = """() => {
   const outs = [...document.querySelectorAll('.jp-OutputArea-output')];
   return {
-    errors: outs.filter(e => e.getAttribute('data-mime-type') === 'application/vnd.jupyter.error'
-                             || e.classList.contains('jp-OutputArea-executeResult') && /Traceback/.test(e.innerText))
+    // JupyterLab renders an error (traceback) as application/vnd.jupyter.stderr as well
+    errors: outs.filter(e => /stderr|error/.test(e.getAttribute('data-mime-type') || '')
+                             && /Traceback|Error/.test(e.innerText))
                 .map(e => e.innerText.slice(0, 1500)),
-    stderr: outs.filter(e => e.getAttribute('data-mime-type') === 'application/vnd.jupyter.stderr')
+    stderr: outs.filter(e => /stderr|error/.test(e.getAttribute('data-mime-type') || '')
+                             && !/Traceback|Error/.test(e.innerText))
                 .map(e => e.innerText.slice(0, 300)),
     images: [...document.querySelectorAll('.jp-OutputArea-output img')].map(i => {
         const r = i.getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height)]; }),
