@@ -54,7 +54,7 @@ bench: $(STAMP)
 # progress bars, claims reported rather than asserted), without news pop-ups or update checks
 # (tools/jupyter_lab_config.py); --allow-root when run as root. Prints the URL to open.
 lab: $(STAMP)
-	@echo "Starting JupyterLab on notebooks/ (class mode); open the http://127.0.0.1:... URL it prints."
+	@echo "Starting JupyterLab on notebooks/ (class mode): open the http://localhost:8888/lab?token=... URL it prints below."
 	EWC_CLASS=1 $(BIN)/jupyter lab --config=tools/jupyter_lab_config.py \
 	  $$(test "$$(id -u)" = 0 && echo --allow-root) notebooks/
 
