@@ -10,7 +10,19 @@ Conventions kept everywhere in the library and the book:
 * Every random draw takes a seed or a ``torch.Generator``.
 """
 
-from . import continual, data, laplace, models, overlap, plotting, progress, reference, symbolic, tasks  # noqa: F401
+from . import (  # noqa: F401
+    continual,
+    data,
+    laplace,
+    linear_gaussian,
+    models,
+    overlap,
+    plotting,
+    progress,
+    reference,
+    symbolic,
+    tasks,
+)
 from .curvature import *  # noqa: F401,F403
 from .data import load_mnist  # noqa: F401
 from .models import mlp  # noqa: F401

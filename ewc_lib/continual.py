@@ -6,8 +6,8 @@ The loop behind the book's permuted-MNIST experiments (the paper's Figure 2A/2B)
   no momentum, no weight decay) on the mean cross-entropy of minibatches, plus the
   consolidation penalty of the earlier tasks (none for ``method="sgd"``);
 * after each task (except the last): the diagonal Fisher at the end point (EWC) with
-  :func:`ewc_lib.fisher_diagonal`, and :meth:`EWCPenalty.consolidate` /
-  :meth:`L2Penalty.consolidate`;
+  :func:`~ewc_lib.curvature.fisher_diagonal`, and :meth:`~ewc_lib.penalty.EWCPenalty.consolidate` /
+  :meth:`~ewc_lib.penalty.L2Penalty.consolidate`;
 * the test accuracy of **every** task (also those not yet trained) every ``eval_every``
   optimisation steps and at the end of each task.
 
@@ -49,6 +49,9 @@ _PENALTY_STEPS = ("gradient", "proximal")
 @dataclasses.dataclass
 class ContinualHistory:
     """What :func:`train_continual` did, as a tidy list of evaluation records.
+
+    Book: the accuracy curves and matrices of :ref:`sec-forgetting-curves` and
+    :ref:`sec-many-tasks`.
 
     Attributes
     ----------
@@ -172,6 +175,8 @@ def _check_validation_splits(tasks):
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 10_000) -> float:
     """Fraction of ``argmax(model(x)) == y`` (model put in eval mode, no gradients).
 
+    Book: the test accuracies of :ref:`sec-forgetting-curves`.
+
     >>> net = torch.nn.Linear(2, 2)
     >>> 0.0 <= evaluate_accuracy(net, torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)) <= 1.0
     True
@@ -209,6 +214,9 @@ def train_continual(
 ) -> ContinualHistory:
     r"""Train ``model`` on ``tasks`` in order with plain SGD (+ L2 or EWC); return the history.
 
+    Book: the training loop of :ref:`sec-ewc-penalty-library`; used in :ref:`sec-forgetting-curves`,
+    :ref:`sec-many-tasks` and :ref:`sec-fisher-estimators-lambda`.
+
     Objective while training task ``t`` (minibatch ``b`` of task ``t``):
 
         mean_{n in b} CE(model(x_n), y_n) + penalty(theta)
@@ -237,7 +245,7 @@ def train_continual(
         Each epoch visits a fresh random order of the task's training set in minibatches of
         ``batch_size`` (the last one may be smaller).
     fisher_estimator : {"exact", "mc", "empirical", "batched_empirical"}
-        Passed to :func:`ewc_lib.fisher_diagonal` (EWC only). The empirical estimators use the
+        Passed to :func:`~ewc_lib.curvature.fisher_diagonal` (EWC only). The empirical estimators use the
         training labels; ``"mc"`` draws labels with a generator seeded from ``seed``.
     fisher_num_examples : int or None
         The Fisher uses the first ``fisher_num_examples`` training images (all if ``None``
@@ -247,7 +255,7 @@ def train_continual(
         ignored by the other estimators.
     penalty_mode : {"separate", "online"}, gamma : float in (0, 1]
         Several old tasks: separate penalties (Kirkpatrick) or one recursive penalty with
-        ``F <- gamma F + F_new`` (Huszar, online EWC); see :class:`EWCPenalty`. Also used
+        ``F <- gamma F + F_new`` (Huszar, online EWC); see :class:`~ewc_lib.penalty.EWCPenalty`. Also used
         for ``"l2"``.
     eval_every : int or None
         Evaluate every task every ``eval_every`` global steps (and at step 0). ``None``: only
@@ -262,7 +270,7 @@ def train_continual(
     penalty_step : {"gradient", "proximal"}
         ``"gradient"``: SGD on ``loss + penalty`` (the penalty's gradient is part of every
         step). ``"proximal"``: SGD on the loss alone, then the penalty's part of the step in
-        closed form (:meth:`EWCPenalty.proximal_step`); same fixed points, and stable for any
+        closed form (:meth:`~ewc_lib.penalty.EWCPenalty.proximal_step`); same fixed points, and stable for any
         ``lam`` (see *Stability*).
     early_stopping : int or None
         ``None``: exactly ``epochs_per_task`` epochs per task. An int ``k``: each task must
@@ -275,16 +283,16 @@ def train_continual(
         ``fisher_fn(model, x_train, y_train) -> dict`` replaces the Fisher diagonal of EWC
         (for example a brute-force reference in a test, or another estimator); it gets the
         whole training set of the task that just ended, with the model in eval mode at its end
-        point. ``None``: :func:`ewc_lib.fisher_diagonal` with ``fisher_estimator``.
+        point. ``None``: :func:`~ewc_lib.curvature.fisher_diagonal` with ``fisher_estimator``.
     callback : callable or None
         Called as ``callback(step, model)`` after every optimisation step (``step`` counts
         from 1), e.g. to record an early checkpoint. It must not change the model.
     progress : bool
         Show a ``tqdm.auto`` progress bar over all SGD steps.
 
-    Stability
-    ---------
-    The penalty's Hessian is ``lam * sum_t diag(F_t)``; SGD with step ``lr`` is unstable on it
+    Notes
+    -----
+    Stability: the penalty's Hessian is ``lam * sum_t diag(F_t)``; SGD with step ``lr`` is unstable on it
     when ``lr * lam * max_i sum_t F_{t,i} >= 2``. The history records this number after each
     consolidation (``penalty_step_curvature``); a non-finite loss raises ``FloatingPointError``.
     ``penalty_step="proximal"`` removes this bound (the recorded number may then exceed 2).

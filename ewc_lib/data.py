@@ -80,6 +80,8 @@ def _resolve(path) -> pathlib.Path:
 def load_mnist(path=None, *, verify: bool = True):
     """Load MNIST from the repository's ``data/mnist.npz`` and check it.
 
+    Book: :ref:`sec-mnist-data`.
+
     Parameters
     ----------
     path : str or os.PathLike, optional
@@ -174,6 +176,8 @@ def task_permutations(
 ) -> list[np.ndarray]:
     """Fixed pixel permutations, one per permuted-MNIST task.
 
+    Book: :ref:`sec-mnist-data`.
+
     Task ``t`` uses ``perms[t]``. With ``identity_first=True`` (default) task 0 is the
     identity, i.e. plain MNIST; tasks ``1..num_tasks-1`` are uniformly random permutations
     drawn from ``numpy.random.default_rng(seed)``. The same seed gives the same list, and
@@ -198,6 +202,8 @@ def task_permutations(
 
 def centre_square_permutation(size: int, seed: int, *, image_side: int = IMAGE_SIDE) -> np.ndarray:
     """Permute only the central ``size x size`` square of the image; other pixels stay.
+
+    Book: :ref:`sec-mnist-data`.
 
     This is the paper's Fisher-overlap task family (Figure 2C: ``size=8`` and ``size=26``).
     The square is rows and columns ``[o, o + size)`` with ``o = (image_side - size) // 2``.

@@ -4,7 +4,7 @@ Two toy problems with two parameters, where every curvature matrix is a 2 x 2 ma
 form, plus the gradient-moment identities of the empirical Fisher.
 
 Conventions (the book's, see ``book/notation.md``)
--------------------------------------------------
+--------------------------------------------------
 * Losses and curvature matrices are **means** over the ``N`` data points. The paper uses sums;
   multiply by ``N`` to compare. Preconditioned directions ``M^{-1} grad`` do not depend on the
   choice, because ``M`` and ``grad`` scale together.
@@ -152,6 +152,8 @@ def linreg_grad(theta, X, y):
 def linreg_fisher(X, noise_var: float = 1.0):
     """Fisher of the Gaussian model ``y ~ N(x^T theta, noise_var)``: ``X^T X / (N noise_var)``.
 
+    Book: :ref:`sec-empirical-fisher`; figures in :ref:`sec-kunstner-figures`.
+
     It does not depend on ``theta`` or on the observed ``y`` and equals the Hessian of the mean
     loss (for ``noise_var = 1``).
 
@@ -167,6 +169,8 @@ def linreg_fisher(X, noise_var: float = 1.0):
 
 def linreg_empirical_fisher(theta, X, y):
     """Empirical Fisher ``(1/N) sum_n r_n^2 x_n x_n^T`` (unit noise variance), shape ``(..., 2, 2)``.
+
+    Book: :prf:ref:`def-empirical-fisher`, :ref:`sec-empirical-fisher`.
 
     >>> linreg_empirical_fisher(np.zeros(2), np.ones((2, 2)), np.array([1.0, 3.0]))
     array([[5., 5.],
@@ -229,6 +233,8 @@ def linreg_fast(X, y):
 def preconditioned_descent(direction, theta0, *, step: float, num_steps: int):
     """Iterate ``theta_{t+1} = theta_t - step * direction(theta_t)`` and return the whole path.
 
+    Book: the descent paths of :ref:`sec-kunstner-figures`.
+
     ``direction`` maps an array ``(..., D)`` to an array of the same shape (e.g. the gradient,
     or ``(M + damping I)^{-1}`` times the gradient). ``theta0`` may hold several starting points
     ``(K, D)``; they are run together. Returns ``(num_steps + 1, *theta0.shape)``.
@@ -278,7 +284,7 @@ def max_deviation_from_segment(path, start=None, end=None):
 
 # ----------------------------------------------------------------------------- Figure 2
 
-#: The three data sets of Kunstner et al.'s Figure 2 / Table 2: for each, the class means and
+#: The three data sets of Kunstner et al.'s Figure 2 / Table 2; for each, the class means and
 #: covariance matrices of the inputs of class 0 and class 1 (equal class sizes).
 LOGREG_DATASETS = {
     "correct": {
@@ -370,6 +376,8 @@ def logreg_grad(theta, X, y):
 def logreg_fisher(theta, X):
     """Fisher (= Hessian of the mean loss): ``(1/N) sum_n pi_n (1 - pi_n) x_n x_n^T``.
 
+    Book: :ref:`sec-empirical-fisher`; figures in :ref:`sec-kunstner-figures`.
+
     Labels are drawn from the model, so only the inputs enter.
 
     >>> logreg_fisher(np.zeros(2), np.eye(2))
@@ -383,6 +391,8 @@ def logreg_fisher(theta, X):
 
 def logreg_empirical_fisher(theta, X, y):
     """Empirical Fisher with the observed labels: ``(1/N) sum_n (pi_n - y_n)^2 x_n x_n^T``.
+
+    Book: :prf:ref:`def-empirical-fisher`, :ref:`sec-empirical-fisher`.
 
     >>> logreg_empirical_fisher(np.zeros(2), np.eye(2), np.array([1.0, 0.0]))
     array([[0.125, 0.   ],
@@ -434,6 +444,8 @@ def logreg_fit(X, y, *, tol: float = 1e-12, max_iter: int = 100):
 def gradient_moments(grads):
     """Split the empirical Fisher of per-example gradients ``grads`` (N, P) into its two parts.
 
+    Book: :prf:ref:`thm-ef-moment`, :ref:`sec-empirical-fisher`.
+
     Returns ``(ef, cov, mean)`` with ``ef = (1/N) sum_n g_n g_n^T``, ``mean = (1/N) sum_n g_n``
     and ``cov = (1/N) sum_n (g_n - mean)(g_n - mean)^T`` (population covariance, divisor N), so
     that ``ef = cov + mean mean^T`` exactly.
@@ -452,6 +464,8 @@ def gradient_moments(grads):
 
 def batched_second_moment(grads, batch_size: int):
     """The "batched empirical Fisher": mean over consecutive minibatches of ``gbar_b gbar_b^T``.
+
+    Book: :prf:ref:`def-batched-empirical-fisher`, :ref:`sec-empirical-fisher`.
 
     ``gbar_b`` is the mean of the per-example gradients in minibatch ``b``; ``N`` must be a
     multiple of ``batch_size``. This is what EWC code computes when it squares the gradient of a
@@ -475,6 +489,8 @@ def batched_second_moment(grads, batch_size: int):
 
 def expected_batched_second_moment(ef, mean, n: int, batch_size: int):
     """Expectation of :func:`batched_second_moment` over random orderings of the ``n`` examples.
+
+    Book: :prf:ref:`thm-ef-batched`, :ref:`sec-empirical-fisher`.
 
     ``E = c ef + (1 - c) mean mean^T`` with ``c = (n - B) / (B (n - 1))``: minibatches are drawn
     without replacement, so the minibatch mean has covariance ``cov (n - B) / (B (n - 1))``.

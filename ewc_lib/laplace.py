@@ -132,6 +132,8 @@ def _value_and_grad(log_density: Callable, theta: torch.Tensor) -> tuple[float, 
 class LaplaceGaussian:
     r"""The Gaussian :math:`\mathcal{N}(\theta \mid \text{mode}, \text{precision}^{-1})`.
 
+    Book: :prf:ref:`def-laplace-approximation` in :ref:`sec-laplace-definition`.
+
     Attributes
     ----------
     mode : Tensor (d,)
@@ -196,7 +198,7 @@ class LaplaceGaussian:
 
     @property
     def log_normaliser(self) -> float:
-        r"""Laplace estimate of :math:`\log \int f`:
+        r"""Laplace estimate of :math:`\log \int f`, namely
         :math:`\log f(\theta^*) + \tfrac d2 \log 2\pi - \tfrac12\log\det A`.
 
         (Bishop 2006, eq. 4.135.) ``nan`` if ``log_density_at_mode`` is unknown.
@@ -248,6 +250,8 @@ class LaplaceGaussian:
 def negative_hessian(log_density: Callable, theta) -> torch.Tensor:
     r"""Return :math:`A = -\nabla^2_\theta \log f(\theta)`, shape ``(d, d)``, symmetrised, float64.
 
+    Book: the precision of the Laplace approximation, :ref:`sec-laplace-definition`.
+
     Computed by ``torch.autograd.functional.hessian`` (exact, no finite differences).
 
     Example
@@ -272,6 +276,8 @@ def find_mode(
     grad_tol: float = 1e-8,
 ) -> tuple[torch.Tensor, float, float]:
     r"""Maximise ``log_density`` from ``init``; return ``(mode, log_density(mode), grad_norm)``.
+
+    Book: the mode of :prf:ref:`def-laplace-mode`, :ref:`sec-laplace-definition`.
 
     Damped Newton ascent on :math:`\log f` (the Hessian is needed for the Laplace precision
     anyway, so the dimension ``d`` is small). Each iteration computes
@@ -363,6 +369,9 @@ def laplace_approximation(
     r"""Laplace approximation :math:`\mathcal N(\theta^*, A^{-1})` of the density
     :math:`\propto \exp(\text{log\_density})`.
 
+    Book: derived in :ref:`sec-laplace-definition` (:prf:ref:`thm-laplace-expansion`); checked in
+    :ref:`sec-laplace-demo`.
+
     :math:`\theta^*` = :func:`find_mode` from ``init`` (gradient max-norm :math:`\le` ``grad_tol``);
     :math:`A = -\nabla^2 \log f(\theta^*)` = :func:`negative_hessian`, which must be positive
     definite (Cholesky), else :class:`NotPositiveDefiniteError` is raised with its smallest
@@ -432,6 +441,8 @@ class Grid:
 def make_grid(*axes) -> Grid:
     r"""Tensor-product grid from uniformly spaced 1-D ``axes``; cell volume :math:`\prod_k \Delta_k`.
 
+    Book: the grids of :ref:`sec-laplace-demo`.
+
     Example
     -------
     >>> g = make_grid(torch.linspace(-1, 1, 5, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64))
@@ -484,6 +495,8 @@ def _edge_mask(shape) -> torch.Tensor:
 def normalise_on_grid(log_grid, cell_volume: float, *, edge_tol: float = 1e-6, name: str = "log_grid"):
     r"""Normalise a gridded log density numerically; return ``(log_p, log_mass)``.
 
+    Book: the tabulated densities of :ref:`sec-laplace-demo`.
+
     ``log_p = log_grid - log_mass`` with :math:`\text{log\_mass} = \log \sum_i e^{\text{log\_grid}_i}\,\Delta`
     (``logsumexp``), so that :math:`\sum_i p_i \Delta = 1`. ``log_grid`` must be laid out with the
     grid's shape (1-D: ``(n,)``, 2-D: ``(n_1, n_2)``): the cells on the faces of that array are the
@@ -529,6 +542,8 @@ def _pair(log_p_grid, log_q_grid, cell_volume, edge_tol):
 def grid_kl(log_p_grid, log_q_grid, cell_volume: float, *, edge_tol: float = 1e-6) -> float:
     r"""KL divergence :math:`\mathrm{KL}(p\,\|\,q) = \sum_i p_i \log(p_i/q_i)\,\Delta` on a grid.
 
+    Book: the errors of the Laplace approximation measured in :ref:`sec-laplace-demo`.
+
     Both inputs are log densities (normalised or not) tabulated on the same uniform grid with
     cell volume :math:`\Delta`; each is normalised numerically (:func:`normalise_on_grid`, which
     raises if mass at the grid edge exceeds ``edge_tol``). Cells with :math:`p_i = 0` contribute
@@ -552,6 +567,8 @@ def grid_kl(log_p_grid, log_q_grid, cell_volume: float, *, edge_tol: float = 1e-
 def grid_tv(log_p_grid, log_q_grid, cell_volume: float, *, edge_tol: float = 1e-6) -> float:
     r"""Total variation distance :math:`\tfrac12 \sum_i |p_i - q_i|\,\Delta \in [0, 1]` on a grid.
 
+    Book: the errors of the Laplace approximation measured in :ref:`sec-laplace-demo`.
+
     Same input conventions as :func:`grid_kl`; symmetric in ``p`` and ``q``.
 
     Example
@@ -566,6 +583,9 @@ def grid_tv(log_p_grid, log_q_grid, cell_volume: float, *, edge_tol: float = 1e-
 
 def gaussian_kl(mean_p, precision_p, mean_q, precision_q) -> float:
     r"""Closed-form :math:`\mathrm{KL}(\mathcal N(m_p, A_p^{-1}) \,\|\, \mathcal N(m_q, A_q^{-1}))`.
+
+    Book: :prf:ref:`prop-ewc-diagonal-kl` in :ref:`sec-ewc-penalty-diagonal`; used in
+    :ref:`sec-bayes-two-tasks-check` and :ref:`sec-diagonal-and-multitask`.
 
     .. math::
 

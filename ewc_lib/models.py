@@ -24,6 +24,8 @@ def mlp(
 ) -> nn.Sequential:
     """A multilayer perceptron ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
+    Book: the networks of :ref:`sec-mnist-data` and the experiments that follow it.
+
     Layers are ``[Dropout(dropout_input)] Linear (act [Dropout(dropout_hidden)] Linear)*``;
     the output layer has no activation (it returns logits or means). Dropout layers are
     only inserted when their rate is positive. ``seed`` makes the initialisation

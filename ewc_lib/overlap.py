@@ -29,7 +29,7 @@ Inputs may be
 
 * 1-D tensors (diagonals, entries >= 0),
 * 2-D tensors (symmetric positive semi-definite matrices),
-* dicts ``name -> tensor`` as returned by :func:`ewc_lib.fisher_diagonal`; every value is
+* dicts ``name -> tensor`` as returned by :func:`~ewc_lib.curvature.fisher_diagonal`; every value is
   flattened and the values are concatenated in the key order of the first dict into one
   diagonal. Both dicts must have the same keys and shapes.
 
@@ -127,6 +127,8 @@ def _psd_sqrt(f: torch.Tensor) -> torch.Tensor:
 def frechet_distance_sq(f1, f2) -> float:
     r"""Squared Frechet distance between two Fishers after normalising both to unit trace.
 
+    Book: the paper's ``d^2``, :ref:`sec-paper-notes-frechet`.
+
     ``d^2 = 1/2 tr(F1_hat + F2_hat - 2 (F1_hat F2_hat)^{1/2}) = 1 - tr((F1_hat F2_hat)^{1/2})``
     with ``F_hat = F / tr F``; in [0, 1]. The paper's second form
     ``1/2 ||F1_hat^{1/2} - F2_hat^{1/2}||_F`` is missing a square (see the module docstring).
@@ -160,8 +162,10 @@ def frechet_distance_sq(f1, f2) -> float:
 def fisher_overlap(f1, f2) -> float:
     r"""Fisher overlap ``1 - d^2`` of Kirkpatrick et al. (2017) between two Fishers.
 
+    Book: the paper's Figure 2C, :ref:`sec-fisher-overlap` and :ref:`sec-paper-notes-frechet`.
+
     ``overlap = tr((F1_hat F2_hat)^{1/2})`` with ``F_hat = F / tr F``; for diagonals (1-D
-    tensors, or dicts of tensors as returned by :func:`ewc_lib.fisher_diagonal`, flattened
+    tensors, or dicts of tensors as returned by :func:`~ewc_lib.curvature.fisher_diagonal`, flattened
     in key order) ``overlap = sum_i sqrt(f1_hat_i f2_hat_i)``, the Bhattacharyya coefficient
     of the normalised diagonals. 1 iff ``F1`` is proportional to ``F2``; 0 iff they live on
     disjoint parameters (orthogonal ranges). See :func:`frechet_distance_sq`.
@@ -201,13 +205,15 @@ class LayerwiseOverlap(list):
 def layerwise_overlap(fisher1: Mapping, fisher2: Mapping, model: nn.Module) -> LayerwiseOverlap:
     r"""Fisher overlap per ``nn.Linear`` layer of ``model``, input layer first.
 
+    Book: the paper's Figure 2C, :ref:`sec-fisher-overlap`.
+
     For each linear layer the diagonal Fisher entries of its weight and bias (keys
     ``"<layer>.weight"``, ``"<layer>.bias"`` as in ``model.named_parameters()``) are
     concatenated, normalised to unit sum within the layer, and compared with
     :func:`fisher_overlap`: ``overlap_layer = sum_{i in layer} sqrt(f1_hat_i f2_hat_i)``.
     This is the per-depth quantity plotted in the paper's Figure 2C.
 
-    Frozen parameters: :func:`ewc_lib.fisher_diagonal` leaves out parameters with
+    Frozen parameters: :func:`~ewc_lib.curvature.fisher_diagonal` leaves out parameters with
     ``requires_grad=False``, so a parameter that has an entry in **neither** dict is skipped;
     the layer is compared on the parameters both dicts have, and a layer none of whose
     parameters has an entry is left out. A parameter present in only **one** of the dicts is

@@ -5,7 +5,7 @@ The EWC penalty of :cite:`kirkpatrick2017overcoming`, equation (3), for one old 
     penalty(theta) = (lam / 2) * sum_i F_i * (theta_i - theta_star_i) ** 2
 
 with ``theta_star`` the parameters at the end of the old task (the *anchor*) and ``F`` the
-diagonal of the Fisher at the anchor, as returned by :func:`ewc_lib.fisher_diagonal`.
+diagonal of the Fisher at the anchor, as returned by :func:`~ewc_lib.curvature.fisher_diagonal`.
 
 Conventions (kept in the whole book)
 ------------------------------------
@@ -131,11 +131,16 @@ def _check_fisher(fisher, params: dict[str, torch.Tensor]) -> dict[str, torch.Te
 class EWCPenalty:
     r"""The EWC penalty ``(lam/2) * sum_i F_i (theta_i - theta_star_i)**2`` over old tasks.
 
+    Book: equation (3) and the value of ``lam`` are derived in :ref:`sec-ewc-penalty`
+    (:prf:ref:`thm-ewc-penalty`); several tasks and the online variant in
+    :ref:`sec-ewc-penalty-several` and :ref:`sec-ewc-penalty-online`. Checked in
+    :ref:`sec-diagonal-and-multitask`.
+
     Parameters
     ----------
     lam : float >= 0
         Strength of the penalty. With a *mean* task loss and a *mean* Fisher (the book's and
-        :func:`ewc_lib.fisher_diagonal`'s convention), the Bayesian value is
+        :func:`~ewc_lib.curvature.fisher_diagonal`'s convention), the Bayesian value is
         ``N_A / N_B`` -- 1 for tasks of equal size. Practice uses larger values.
     mode : {"separate", "online"}
         ``"separate"``: one term per consolidated task, anchored at the parameters at the end
@@ -179,7 +184,7 @@ class EWCPenalty:
 
     @property
     def num_terms(self) -> int:
-        """Number of stored quadratic terms: ``num_tasks`` (separate) or at most 1 (online)."""
+        """Number of stored quadratic terms, ``num_tasks`` (separate) or at most 1 (online)."""
         return len(self._anchors)
 
     @property
@@ -467,6 +472,8 @@ class EWCPenalty:
 class L2Penalty(EWCPenalty):
     """The L2 penalty ``(lam/2) * sum_i (theta_i - theta_star_i)**2``: EWC with ``F = 1``.
 
+    Book: the L2 baseline of the paper's Figure 2A, :ref:`sec-forgetting-curves`.
+
     Same interface as :class:`EWCPenalty`, except that :meth:`consolidate` takes no Fisher
     (only ``fisher=None``): every parameter gets the same stiffness, which is why L2 protects
     the old task but leaves little room to learn a new one (the paper's Figure 2A).
@@ -493,7 +500,8 @@ class L2Penalty(EWCPenalty):
                         f"[{float(v.min()):.6g}, {float(v.max()):.6g}]"
                     )
 
-    def consolidate(self, model: nn.Module, fisher=None) -> None:  # noqa: D102
+    def consolidate(self, model: nn.Module, fisher=None) -> None:
+        """Anchor at a copy of the trainable parameters of ``model``, with ``F = 1`` (no Fisher: pass None)."""
         if fisher is not None:
             raise TypeError(
                 "fisher: L2Penalty uses F = 1 for every parameter; pass fisher=None "

@@ -268,12 +268,14 @@ def fisher_matrix_loop(
     batch_size=None,
     sigma2=1.0,
 ):
-    r"""The Fisher estimators of :func:`ewc_lib.fisher_matrix` by definition, ``(P, P)``.
+    r"""The Fisher estimators of :func:`~ewc_lib.curvature.fisher_matrix` by definition, ``(P, P)``.
+
+    Book: :prf:ref:`def-fisher`, :ref:`sec-fisher-identities`.
 
     ``"exact"``: ``(1/N) sum_n sum_y p(y|x_n) g(y) g(y)^T`` with one autograd call per example
     and class (Gaussian: ``(1/N) sum_n sum_d grad f_nd grad f_nd^T / sigma2``);
     ``"mc"``: the empirical formula averaged over the columns of ``sampled_targets``
-    (``(N, S)`` or ``(N, S, D)``, e.g. from :func:`ewc_lib.sample_targets`);
+    (``(N, S)`` or ``(N, S, D)``, e.g. from :func:`~ewc_lib.curvature.sample_targets`);
     ``"empirical"``: ``(1/N) sum_n g_n g_n^T``; ``"batched_empirical"``:
     ``sum_b (|b|/N) gbar_b gbar_b^T`` over consecutive minibatches of ``batch_size``.
 
@@ -304,6 +306,8 @@ def fisher_diagonal_loop(
 ):
     r"""Diagonal of :func:`fisher_matrix_loop` as a dict ``name -> tensor`` (no ``P x P`` memory).
 
+    Book: :prf:ref:`def-fisher`, :ref:`sec-fisher-identities`.
+
     >>> net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 3)).double()
     >>> x = torch.randn(4, 2, dtype=torch.float64)
     >>> import ewc_lib
@@ -325,6 +329,9 @@ def fisher_diagonal_loop(
 
 def per_example_scores(model, inputs, targets, *, likelihood="categorical", sigma2=1.0):
     """``(N, P)`` matrix whose row ``n`` is ``grad_theta log p(y_n | x_n)`` (one autograd call each).
+
+    Book: the score of :ref:`sec-fisher-identities`; the oracles are used in
+    :ref:`sec-fisher-identities-check`.
 
     >>> net = nn.Linear(2, 3).double()
     >>> per_example_scores(net, torch.randn(4, 2, dtype=torch.float64), torch.tensor([0, 1, 2, 0])).shape
@@ -350,6 +357,8 @@ def _hessian_rows(scalar, params):
 def hessian_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0):
     """Hessian of the mean NLL, ``(P, P)``, one double-backward per example and row.
 
+    Book: :ref:`sec-fisher-identities`.
+
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 2)).double()
     >>> x, y = torch.randn(3, 2, dtype=torch.float64), torch.tensor([0, 1, 1])
     >>> import ewc_lib
@@ -368,6 +377,8 @@ def hessian_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0
 
 def expected_hessian_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
     r"""``-(1/N) sum_n E_{y ~ p(y|x_n)}[grad^2 log p(y | x_n)]`` by a loop over examples and outcomes.
+
+    Book: :prf:ref:`thm-fisher-identity`, :ref:`sec-fisher-identities`.
 
     Categorical and Bernoulli: the probability-weighted sum over all outcomes of the
     double-backward Hessian of ``log p(y|x_n)``. Gaussian: that Hessian is
@@ -398,13 +409,18 @@ def expected_hessian_loop(model, inputs, *, likelihood="categorical", sigma2=1.0
 
 
 def jacobian_loop(model, x_n, params):
-    """``(C, P)`` Jacobian of the outputs of one example ``x_n`` (batch axis of 1), row by row."""
+    """``(C, P)`` Jacobian of the outputs of one example ``x_n`` (batch axis of 1), row by row.
+
+    Book: :ref:`sec-fisher-identities`.
+    """
     f = _finite_outputs(model(x_n))[0]
     return torch.stack([_flat_grad(f[c], params, retain_graph=True) for c in range(f.shape[0])]).detach()
 
 
 def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
     r"""``(1/N) sum_n J_n^T Lambda_n J_n`` with ``J_n`` by rows and ``Lambda_n`` by autograd.
+
+    Book: :prf:ref:`def-fisher-ggn`, :ref:`sec-fisher-identities`.
 
     ``Lambda_n`` is the Hessian of the NLL with respect to the outputs, computed here with
     ``torch.autograd.functional.hessian`` (no closed form). For these likelihoods it does
@@ -437,6 +453,8 @@ def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
 
 def residual_term_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0):
     r"""``(1/N) sum_n sum_k r_nk grad^2_theta f_nk`` with ``r_n = d(-log p(y_n|f))/d f_n``.
+
+    Book: :prf:ref:`thm-fisher-hessian-residual`, :ref:`sec-fisher-identities`.
 
     The part of the Hessian the GGN leaves out (Kunstner et al. 2019, Prop. 2):
     ``hessian = ggn + residual_term``. ``r`` by autograd; ``grad^2 f_nk`` by double backward.

@@ -70,11 +70,6 @@ class FisherIdentityResult:
     explanation: str = field(default="")
 
     @property
-    def normalised(self) -> bool:
-        """Always True: a density that does not normalise raises ``ValueError`` instead."""
-        return True
-
-    @property
     def fisher(self) -> sp.Matrix:
         """The Fisher information of one observation, defined as ``E[s s^T]`` (= ``outer``)."""
         return self.outer
@@ -215,6 +210,9 @@ def _simplify(expr):
 def check_fisher_identity(log_density, variable, params, support) -> FisherIdentityResult:
     r"""Check ``E[s] = 0`` and ``E[s s^T] = -E[hess log p]`` exactly with SymPy.
 
+    Book: :prf:ref:`lem-fisher-score-mean` and :prf:ref:`thm-fisher-identity` in
+    :ref:`sec-fisher-identities`; checked in :ref:`sec-fisher-identities-check`.
+
     With ``p(z) = exp(log_density)``, ``s = grad_params log p(z)`` and ``E`` the integral
     (``support`` a ``sympy.Interval``) or the sum (``support`` a ``sympy.Range`` or
     ``sympy.FiniteSet``) against ``p`` over ``support``, computes
@@ -354,6 +352,8 @@ def check_fisher_identity(log_density, variable, params, support) -> FisherIdent
 
 def example_families() -> dict:
     """The families the book checks, as ``name -> (log_density, variable, params, support)``.
+
+    Book: the families of :ref:`sec-fisher-identities` and :ref:`sec-fisher-identities-check`.
 
     * ``"Bernoulli (logit)"``: ``y eta - log(1 + e^eta)`` on ``{0, 1}``;
     * ``"Categorical (softmax, K=3)"``: ``sum_k [y = k] eta_k - log sum_k e^{eta_k}`` on ``{0, 1, 2}``

@@ -76,6 +76,8 @@ def permuted_mnist_tasks(
 ) -> list[Task]:
     """``num_tasks`` permuted-MNIST tasks named A, B, C, ... (then T10, T11, ...).
 
+    Book: :ref:`sec-mnist-data`.
+
     Task ``t`` applies ``task_permutations(num_tasks, seed)[t]`` to the first ``n_train``
     training and ``n_test`` test images (all when ``None``). Task A is plain MNIST when
     ``identity_first`` (default).
@@ -101,6 +103,8 @@ def centre_square_tasks(
 ) -> list[Task]:
     """Tasks whose central ``size x size`` square is permuted (task 0 is plain MNIST).
 
+    Book: :ref:`sec-mnist-data` and :ref:`sec-fisher-overlap`.
+
     Used for the Fisher-overlap experiment (paper's Figure 2C): ``size=8`` changes little of
     the image, ``size=26`` almost all of it.
     """
@@ -111,6 +115,8 @@ def centre_square_tasks(
 
 def hold_out_validation(task: Task, n_val: int, *, as_test: bool = False) -> Task:
     """Split the **last** ``n_val`` training images of ``task`` off as a validation split.
+
+    Book: the searches for ``lam`` of :ref:`sec-paper-scale-runs`.
 
     The returned task trains on the first ``N - n_val`` training images and carries the rest
     as ``x_val``/``y_val``. With ``as_test=True`` the validation split also replaces the test

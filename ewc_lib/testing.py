@@ -17,7 +17,7 @@ __all__ = ["REPLAY_RTOL", "OVERLAP_INIT_RTOL", "CLAIM_MARGIN"]
 #: Compared relative to each parameter's norm.
 REPLAY_RTOL = 1e-4
 
-#: The Fisher overlap at initialisation recomputed from the recorded config: float32
+#: The Fisher overlap at initialisation recomputed from the recorded config, with float32
 #: forward passes and float64 sums over 10,000 images, rounded to 6 digits in the file.
 OVERLAP_INIT_RTOL = 1e-4
 

@@ -146,6 +146,8 @@ def _input_dims_ok(layers, inputs):
 def fisher_path(model, inputs=None):
     r"""Which code path :func:`fisher_diagonal` takes for ``model``, and why: ``(path, reason)``.
 
+    Book: the library's Fisher in practice, :ref:`sec-ewc-penalty-library`.
+
     ``path`` is ``"fast"`` or ``"generic"`` (the ``reason`` is a sentence):
 
     * ``"fast"``: ``model`` is a plain ``nn.Sequential`` (possibly nested) of ``nn.Linear``

@@ -142,6 +142,11 @@ def fisher_diagonal(
 ):
     r"""Diagonal of a Fisher information estimator, as a dict ``name -> tensor``.
 
+    Book: the Fisher is defined and its identities derived in :ref:`sec-fisher-identities`; the
+    estimators "empirical" and "batched_empirical" in :ref:`sec-empirical-fisher`; EWC's use of the
+    diagonal in :ref:`sec-ewc-penalty-diagonal`. Checked in :ref:`sec-fisher-identities-check` and
+    :ref:`sec-empirical-fisher-mnist`.
+
     One tensor per trainable entry of ``model.named_parameters()``, same names, shapes and
     dtype. With ``g(y, x) = grad_theta log p_theta(y | x)`` the estimators are the
     **means over the N data points**
@@ -240,6 +245,9 @@ def fisher_matrix(
 ):
     r"""The Fisher estimator of :func:`fisher_diagonal` as a dense ``(P, P)`` matrix.
 
+    Book: :prf:ref:`def-fisher` and :prf:ref:`thm-fisher-ggn` in :ref:`sec-fisher-identities`;
+    checked in :ref:`sec-fisher-identities-check`.
+
     Same estimators, options and conventions: with ``g(y, x)`` the score,
     ``"exact"`` is ``(1/N) sum_n E_{y ~ p_theta(y|x_n)}[g g^T]``, ``"mc"`` replaces the
     expectation by the mean over ``num_samples`` drawn labels, ``"empirical"`` is
@@ -281,6 +289,9 @@ def fisher_matrix(
 
 def sample_targets(model, inputs, *, likelihood="categorical", num_samples=1, generator=None, sigma2=1.0):
     r"""The targets ``yhat ~ p_theta(y | x_n)`` that ``estimator="mc"`` draws.
+
+    Book: the Monte Carlo estimator of the Fisher, :ref:`sec-empirical-fisher`; compared with the
+    others in :ref:`sec-fisher-estimators-lambda`.
 
     Returns ``(N, S)`` int64 class indices (categorical), ``(N, S)`` 0/1 floats (bernoulli) or
     ``(N, S, D)`` floats (gaussian) with ``S = num_samples``. From the same generator state,

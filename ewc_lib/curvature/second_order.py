@@ -49,6 +49,9 @@ def _theta(setup):
 def hessian(model, inputs, targets, *, likelihood="categorical", sigma2=1.0, batch_size=None):
     r"""Hessian of the mean negative log-likelihood of the observed data, ``(P, P)``.
 
+    Book: :prf:ref:`thm-fisher-hessian-residual` in :ref:`sec-fisher-identities`; checked in
+    :ref:`sec-fisher-identities-check`.
+
     ``H = (1/N) sum_n grad^2_theta [-log p_theta(y_n | x_n)]`` by ``torch.func`` (jacrev of jacrev),
     over the trainable parameters flattened in ``named_parameters()`` order. Unlike the
     Fisher it depends on the targets and need not be positive semi-definite. Kunstner et
@@ -82,6 +85,9 @@ def hessian(model, inputs, targets, *, likelihood="categorical", sigma2=1.0, bat
 
 def expected_hessian(model, inputs, *, likelihood="categorical", sigma2=1.0, batch_size=None):
     r"""Minus the mean expected Hessian of the log-likelihood, ``(P, P)``, by second derivatives.
+
+    Book: :prf:ref:`thm-fisher-identity` in :ref:`sec-fisher-identities`; checked in
+    :ref:`sec-fisher-identities-check`.
 
     ``(1/N) sum_n E_{y ~ p_theta0(y|x_n)} [ -grad^2_theta log p_theta(y | x_n) ]`` at
     ``theta = theta0``, the expectation taken exactly with the sampling distribution frozen
@@ -128,6 +134,9 @@ def expected_hessian(model, inputs, *, likelihood="categorical", sigma2=1.0, bat
 
 def ggn(model, inputs, *, likelihood="categorical", sigma2=1.0, batch_size=None):
     r"""Generalised Gauss-Newton matrix ``(1/N) sum_n J_n^T Lambda_n J_n``, ``(P, P)``.
+
+    Book: :prf:ref:`def-fisher-ggn` and :prf:ref:`thm-fisher-ggn` in :ref:`sec-fisher-identities`;
+    checked in :ref:`sec-fisher-identities-check`.
 
     ``J_n = d f(x_n) / d theta`` (per-example Jacobians by ``torch.func.jacrev``) and
     ``Lambda_n`` the Hessian of the NLL with respect to the natural parameters:
