@@ -202,6 +202,19 @@ def test_contents_api_serves_md_as_notebook_with_language_info(lab_server):
     assert meta["language_info"]["name"] == "python"
 
 
+#: The notebook in view (a hidden panel's text would count too: innerText of an element that is
+#: not rendered is its raw text content).
+PANEL_CSS = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+
+
+def _shutdown_kernels(base):
+    """Stop every kernel of the server (each notebook's kernel holds its data and model)."""
+    for kernel in _get_json(f"{base}/api/kernels"):
+        req = urllib.request.Request(f"{base}/api/kernels/{kernel['id']}", method="DELETE")
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(req, timeout=30).close()
+
+
 def _open(context, base, name, outside):
     page = context.new_page()
     errors = []
@@ -215,9 +228,10 @@ def _open(context, base, name, outside):
             r.abort()
 
     page.route("**/*", route)
-    page.goto(f"{base}/lab/tree/{name}", timeout=180_000)
+    # ?reset: a fresh workspace, so the previous test's notebook is not restored beside it
+    page.goto(f"{base}/lab/tree/{name}?reset", timeout=180_000)
     page.wait_for_function(
-        "document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell').length > 0", timeout=180_000)
+        "document.querySelectorAll(`.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell`).length > 0", timeout=180_000)
     _wait_kernel_idle(page)
     page.wait_for_timeout(1500)    # metadata updates after the kernel connects
     _wait_kernel_idle(page)
@@ -238,7 +252,8 @@ def _tab_dirty(page) -> bool:
 
 
 _RENDERED_JS = """() => [...document.querySelectorAll(
-    '.jp-MarkdownCell .jp-Cell-inputWrapper, .jp-OutputArea-output[data-mime-type="text/markdown"]')]
+    `.jp-NotebookPanel:not(.lm-mod-hidden) .jp-MarkdownCell .jp-Cell-inputWrapper,
+     .jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output[data-mime-type="text/markdown"]`)]
     .map(e => e.innerText)"""
 
 
@@ -252,19 +267,19 @@ def _raw_myst(page) -> list[str]:
 
 
 def _open_solutions(page) -> list[str]:
-    return page.evaluate("""() => [...document.querySelectorAll('.jp-MarkdownCell details')]
+    return page.evaluate("""() => [...document.querySelectorAll(`.jp-NotebookPanel:not(.lm-mod-hidden) .jp-MarkdownCell details`)]
         .filter(d => d.open && /Solution/.test(d.querySelector('summary')?.innerText || ''))
         .map(d => d.innerText.slice(0, 200))""")
 
 
 def _run_all(page):
-    page.click(".jp-NotebookPanel .jp-Notebook")
+    page.click(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
     page.keyboard.press("Escape")
     page.locator("div.lm-MenuBar-itemLabel:text-is('Run')").click()
     page.locator("li.lm-Menu-item:has-text('Run All Cells')").first.click()
     page.wait_for_timeout(2000)
     page.wait_for_function(
-        """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+        """() => { const p = [...document.querySelectorAll(`.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt`)]
                    .map(e => e.textContent);
                    return p.length > 0 && p.every(t => /\\[\\d+\\]/.test(t)); }""",
         timeout=RUN_BUDGET_S * 1000, polling=1000)
@@ -273,7 +288,7 @@ def _run_all(page):
 
 
 _OUTPUTS_JS = """() => {
-  const outs = [...document.querySelectorAll('.jp-OutputArea-output')];
+  const outs = [...document.querySelectorAll(`.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output`)];
   return {
     // JupyterLab renders an error (traceback) as application/vnd.jupyter.stderr as well
     errors: outs.filter(e => /stderr|error/.test(e.getAttribute('data-mime-type') || '')
@@ -282,9 +297,9 @@ _OUTPUTS_JS = """() => {
     stderr: outs.filter(e => /stderr|error/.test(e.getAttribute('data-mime-type') || '')
                              && !/Traceback|Error/.test(e.innerText))
                 .map(e => e.innerText.slice(0, 300)),
-    images: [...document.querySelectorAll('.jp-OutputArea-output img')].map(i => {
+    images: [...document.querySelectorAll(`.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output img`)].map(i => {
         const r = i.getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height)]; }),
-    notebookWidth: document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook')
+    notebookWidth: document.querySelector(`.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook`)
                    .getBoundingClientRect().width,
   };
 }"""
@@ -297,7 +312,7 @@ def test_notebook_opens_renders_and_runs_in_lab(lab_server, chromium, path):
     context = chromium.new_context(viewport=VIEWPORT)
     try:
         page, page_errors = _open(context, lab_server, path.name, outside)
-        n_code = page.evaluate("document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell').length")
+        n_code = page.evaluate(f"document.querySelectorAll('{PANEL_CSS} .jp-CodeCell').length")
         assert n_code > 0, f"{path.name} did not open as a notebook"
         assert not _tab_dirty(page), f"{path.name} is marked modified right after opening"
         raw = _raw_myst(page)
@@ -326,6 +341,7 @@ def test_notebook_opens_renders_and_runs_in_lab(lab_server, chromium, path):
         print(f"[lab] {path.name}: Run All {seconds:.0f} s, {len(out['images'])} figures")
     finally:
         context.close()
+        _shutdown_kernels(lab_server)
     unexpected = [u for u in outside if "jupyter.org" not in u and "github.io" not in u]
     assert not unexpected, f"requests outside localhost: {unexpected}"
     assert not outside, f"JupyterLab asked the network (news or update check): {outside}"
