@@ -53,7 +53,7 @@ from .overlap import layerwise_overlap
 from .tasks import centre_square_tasks, hold_out_validation, permuted_mnist_tasks
 
 __all__ = ["CONFIGS", "REPLAY_STEPS", "RESULTS_DIR", "load_results", "recorded", "planned_runs",
-           "record", "replay",
+           "record", "replay", "chosen_lambdas", "write_chosen_lambdas",
            "fingerprint", "search_lambda", "run_fig2a", "run_fig2b", "run_fig2c"]
 
 #: Where the result files live: the repository's ``results/``, or ``$EWC_RESULTS_DIR`` (so that
@@ -124,7 +124,36 @@ def load_results(figure: str, path=None) -> dict:
     for run in data["runs"]:
         if "checkpoint" not in run or "seed" not in run:
             raise ValueError(f"{path}: a run lacks 'seed' or 'checkpoint': {sorted(run)}")
+    if "lam" in data["config"]:
+        chosen = chosen_lambdas(figure, data)
+        if data["config"]["lam"] != chosen:
+            raise ValueError(f"{path}: config.lam {data['config']['lam']} is not what the recorded "
+                             f"search selects ({chosen})")
     return data
+
+
+def chosen_lambdas(figure: str, data: dict) -> dict | None:
+    """The ``lam`` of each penalty that the recorded search selects (``None`` while incomplete).
+
+    Figure 2A: ``{"ewc": ..., "l2": ...}``; 2C: ``{"ewc": ...}``; 2B takes EWC's from the
+    Figure 2A file. Written into the file's ``config["lam"]`` (a field derived from the search,
+    so that a reader of the file finds the values without re-running the selection).
+    """
+    if figure == "fig2b":
+        if not _path("fig2a").exists():
+            return None
+        lam = chosen_lambdas("fig2a", json.loads(_path("fig2a").read_text()))
+        return None if lam is None else {"ewc": lam["ewc"]}
+    points = (data.get("search") or {}).get("points", [])
+    try:
+        return {m: select_lambda(points, m, g) for m, g in CONFIGS[figure]["lam_grid"].items()}
+    except ValueError:
+        return None
+
+
+def _same_config(recorded_cfg: dict, figure: str) -> bool:
+    """A file's config equals the code's, apart from the derived ``lam``."""
+    return {k: v for k, v in recorded_cfg.items() if k != "lam"} == CONFIGS[figure]
 
 
 def recorded(figure: str) -> dict:
@@ -178,7 +207,7 @@ def _read_or_new(figure: str, command: str) -> dict:
     path = _path(figure)
     if path.exists():
         data = json.loads(path.read_text())
-        if data["config"] != CONFIGS[figure]:
+        if not _same_config(data["config"], figure):
             raise ValueError(f"{path}: recorded config differs from CONFIGS[{figure!r}]; move the "
                              "file away to start a new record")
         return data
@@ -214,9 +243,32 @@ def record(figure: str, key: str, entry: dict, command: str) -> None:
                     finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     torch=torch.__version__, threads=torch.get_num_threads())
         prov["cpu_seconds"] = round(float(entry.get("cpu_seconds", 0.0)) + prov["cpu_seconds"], 1)
-        tmp = _path(figure).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, _path(figure))
+        _set_lam(figure, data)
+        _write(figure, data)
+
+
+def _set_lam(figure: str, data: dict) -> None:
+    lam = chosen_lambdas(figure, data)
+    if lam is not None:
+        data["config"]["lam"] = lam
+
+
+def _write(figure: str, data: dict) -> None:
+    tmp = _path(figure).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, _path(figure))
+
+
+def write_chosen_lambdas(figure: str) -> dict | None:
+    """Write ``config["lam"]`` (:func:`chosen_lambdas`) into an existing file; nothing else
+    changes. :func:`record` does this on every write; this is for files recorded before."""
+    if not _path(figure).exists():
+        raise FileNotFoundError(f"{_path(figure)}: no recorded results")
+    with _locked(figure):
+        data = _read_or_new(figure, "")
+        _set_lam(figure, data)
+        _write(figure, data)
+        return data["config"].get("lam")
 
 
 def existing(figure: str) -> dict:

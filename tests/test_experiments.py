@@ -54,7 +54,12 @@ def test_fields(recorded):
             ok = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"],
                                 cwd=ex.RESULTS_DIR).returncode == 0
             assert ok, f"{figure}: provenance commit {commit} is not in this repository"
-    assert data["config"] == ex.CONFIGS[figure], "the recorded config is not the code's"
+    cfg_no_lam = {k: v for k, v in data["config"].items() if k != "lam"}
+    assert cfg_no_lam == ex.CONFIGS[figure], "the recorded config is not the code's"
+    # config.lam: the lambda of each penalty, derived from the search (2B: from 2A's)
+    chosen = ex.chosen_lambdas(figure, data)
+    if chosen is not None:
+        assert data["config"].get("lam") == chosen, (data["config"].get("lam"), chosen)
     key, values = KEYS[figure]
     cfg = data["config"]
     assert {r[key] for r in data["runs"]} <= values
