@@ -19,9 +19,11 @@ from ewc_lib.testing import OVERLAP_INIT_RTOL, REPLAY_RTOL
 
 FIGURES = ("fig2a", "fig2b", "fig2c")
 MIN_SEEDS = {"fig2a": 3, "fig2b": 1, "fig2c": 3}
-KEYS = {"fig2a": ("method", {"sgd", "l2", "ewc"}),
-        "fig2b": ("method", {"ewc", "sgd_dropout", "single_task"}),
-        "fig2c": ("square", {8, 26})}
+KEYS = {
+    "fig2a": ("method", {"sgd", "l2", "ewc"}),
+    "fig2b": ("method", {"ewc", "sgd_dropout", "single_task"}),
+    "fig2c": ("square", {8, 26}),
+}
 
 
 @pytest.fixture(scope="module", params=FIGURES)
@@ -39,20 +41,22 @@ def test_all_runs_recorded(recorded):
     key, values = KEYS[figure]
     seeds = {v: {r["seed"] for r in data["runs"] if r[key] == v} for v in values}
     if any(len(s) < MIN_SEEDS[figure] for s in seeds.values()):
-        pytest.skip(f"{figure}: {len(data['runs'])} of {ex.planned_runs(figure)} runs recorded "
-                    f"so far ({ {v: sorted(s) for v, s in seeds.items()} })")
+        pytest.skip(
+            f"{figure}: {len(data['runs'])} of {ex.planned_runs(figure)} runs recorded "
+            f"so far ({ {v: sorted(s) for v, s in seeds.items()} })"
+        )
 
 
 def test_fields(recorded):
     figure, data = recorded
     prov = data["provenance"]
     assert prov["cpu_seconds"] > 0 and prov["threads"] >= 1 and prov["torch"]
-    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ex.RESULTS_DIR,
-                             capture_output=True, text=True).stdout.strip()
+    shallow = subprocess.run(
+        ["git", "rev-parse", "--is-shallow-repository"], cwd=ex.RESULTS_DIR, capture_output=True, text=True
+    ).stdout.strip()
     if shallow == "false":
         for commit in {prov["commit"], *(r.get("commit", prov["commit"]) for r in data["runs"])}:
-            ok = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"],
-                                cwd=ex.RESULTS_DIR).returncode == 0
+            ok = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ex.RESULTS_DIR).returncode == 0
             assert ok, f"{figure}: provenance commit {commit} is not in this repository"
     cfg_no_lam = {k: v for k, v in data["config"].items() if k != "lam"}
     assert cfg_no_lam == ex.CONFIGS[figure], "the recorded config is not the code's"
@@ -71,8 +75,7 @@ def test_fields(recorded):
         assert R.shape == (T, T) and np.all((R >= 0) & (R <= 1))
         if figure == "fig2b":
             assert len(r["average_accuracy"]) == T
-            assert np.allclose(r["average_accuracy"],
-                               [R[t, :t + 1].mean() for t in range(T)], atol=1e-4)
+            assert np.allclose(r["average_accuracy"], [R[t, : t + 1].mean() for t in range(T)], atol=1e-4)
         if figure == "fig2c":
             n_layers = len(cfg["hidden"]) + 1
             assert len(r["overlap"]) == len(r["overlap_at_init"]) == n_layers
@@ -97,8 +100,7 @@ def test_lambda_is_the_searched_one(recorded):
 
 def _replay_target(figure, data):
     """The first recorded run of the preferred kind (EWC; 2B: dropout; 2C: 26x26), else any."""
-    key, value = {"fig2a": ("method", "ewc"), "fig2b": ("method", "sgd_dropout"),
-                  "fig2c": ("square", 26)}[figure]
+    key, value = {"fig2a": ("method", "ewc"), "fig2b": ("method", "sgd_dropout"), "fig2c": ("square", 26)}[figure]
     runs = sorted(data["runs"], key=lambda r: (r[key] != value, r["seed"]))
     if not runs:
         pytest.skip(f"{figure}: no run recorded yet (only the search)")
@@ -121,7 +123,8 @@ def test_replay_reproduces_the_recorded_checkpoint(recorded):
         scale = REPLAY_RTOL * n_want
         assert abs(n_got - n_want) <= scale and abs(s_got - s_want) <= scale * 30, (
             f"{figure} seed {run['seed']}: parameter {name} after {want['step']} steps has "
-            f"(sum, norm) = ({s_got:.6g}, {n_got:.6g}), recorded ({s_want:.6g}, {n_want:.6g})")
+            f"(sum, norm) = ({s_got:.6g}, {n_got:.6g}), recorded ({s_want:.6g}, {n_want:.6g})"
+        )
 
 
 def test_replay_detects_a_different_run(recorded):
@@ -131,8 +134,7 @@ def test_replay_detects_a_different_run(recorded):
     run["seed"] += 1000
     got = ex.replay(figure, run, data["config"], steps=20)
     other = ex.replay(figure, _replay_target(figure, data), data["config"], steps=20)
-    diffs = [abs(got["params"][n][1] - other["params"][n][1]) / other["params"][n][1]
-             for n in other["params"]]
+    diffs = [abs(got["params"][n][1] - other["params"][n][1]) / other["params"][n][1] for n in other["params"]]
     assert max(diffs) > 100 * REPLAY_RTOL
 
 
@@ -143,5 +145,6 @@ def test_fig2c_overlap_at_init_is_recomputed():
     for square in sorted({r["square"] for r in data["runs"]}):
         run = min((r for r in data["runs"] if r["square"] == square), key=lambda r: r["seed"])
         got = ex.overlap_at_init(run, data["config"])
-        np.testing.assert_allclose(got, run["overlap_at_init"], rtol=OVERLAP_INIT_RTOL,
-                                   err_msg=f"overlap at init, square {square}")
+        np.testing.assert_allclose(
+            got, run["overlap_at_init"], rtol=OVERLAP_INIT_RTOL, err_msg=f"overlap at init, square {square}"
+        )

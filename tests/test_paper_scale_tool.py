@@ -10,16 +10,15 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
 @pytest.fixture
 def tool(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
-    from ewc_lib import experiments
+    from ewc_lib.experiments import records
 
-    monkeypatch.setattr(experiments, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(records, "RESULTS_DIR", tmp_path)
     return importlib.import_module("paper_scale")
 
 
@@ -43,6 +42,9 @@ def test_nothing_recorded_in_an_empty_directory(tool):
 
 
 def test_unknown_method_is_an_error():
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "paper_scale.py"), "fig2b",
-                          "--methods", "bogus"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "paper_scale.py"), "fig2b", "--methods", "bogus"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode != 0 and "--methods: unknown ['bogus']" in out.stderr

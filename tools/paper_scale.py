@@ -68,15 +68,14 @@ def _jobs(figure, seeds, methods=None):
             if (seed, key) not in done_runs:
                 epochs = cfg["epochs_per_task"] * (1 if key == "single_task" else cfg["tasks"])
                 if figure == "fig2b":
-                    epochs = epochs // 3      # early stopping: rough guess for the ETA
+                    epochs = epochs // 3  # early stopping: rough guess for the ETA
                 jobs.append(("run", (seed, key), epochs))
     if figure == "fig2a" and (methods is None or "l2" in methods):
         # last: L2 as strong as it must be to protect A as well as EWC
         done_extra = {(r["seed"], r["role"]) for r in data.get("extra_runs") or []}
         for seed in seeds:
             if (seed, "l2_protects_A") not in done_extra:
-                jobs.append(("extra", (seed, "l2_protects_A"),
-                             cfg["tasks"] * cfg["epochs_per_task"]))
+                jobs.append(("extra", (seed, "l2_protects_A"), cfg["tasks"] * cfg["epochs_per_task"]))
     return jobs
 
 
@@ -85,7 +84,7 @@ def _lam(figure, key):
     if figure == "fig2b":
         if key != "ewc":
             return 0.0
-        while True:       # 2B takes 2A's lam: wait for that search (another job may run it)
+        while True:  # 2B takes 2A's lam: wait for that search (another job may run it)
             try:
                 points = (ex.existing("fig2a")["search"] or {}).get("points", [])
                 return ex.select_lambda(points, "ewc", ex.CONFIGS["fig2a"]["lam_grid"]["ewc"])
@@ -99,22 +98,25 @@ def _lam(figure, key):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("figure", choices=["fig2a", "fig2b", "fig2c", "all"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help="only these runs of each seed: sgd l2 ewc (2A), ewc sgd_dropout "
-                             "single_task (2B), 8 26 (2C); default all")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="only these runs of each seed: sgd l2 ewc (2A), ewc sgd_dropout single_task (2B), 8 26 (2C); default all",
+    )
     args = parser.parse_args(argv)
     if args.methods is not None:
-        known = {str(k) for f in (["fig2a", "fig2b", "fig2c"] if args.figure == "all"
-                                  else [args.figure]) for k in _keys(f)}
+        known = {
+            str(k) for f in (["fig2a", "fig2b", "fig2c"] if args.figure == "all" else [args.figure]) for k in _keys(f)
+        }
         unknown = sorted(set(args.methods) - known)
         if unknown:
             parser.error(f"--methods: unknown {unknown}; expected some of {sorted(known)}")
-    commit, dirty = ex.code_state()    # the code as loaded now is what runs
+    commit, dirty = ex.code_state()  # the code as loaded now is what runs
     if dirty:
         sys.exit("ewc_lib/ or tools/ has uncommitted changes: commit before recording results")
     torch.set_num_threads(args.threads)
@@ -123,12 +125,16 @@ def main(argv=None):
     for figure in figures:
         jobs = _jobs(figure, args.seeds, args.methods)
         total = sum(e for *_, e in jobs) * EPOCH_SECONDS[figure]
-        bar = progress_bar(total=round(total), desc=f"{figure}: {len(jobs)} jobs", unit="s",
-                           bar_format="{desc} {percentage:3.0f}%|{bar}| ETA {remaining} "
-                                      "(elapsed {elapsed})", position=0)
+        bar = progress_bar(
+            total=round(total),
+            desc=f"{figure}: {len(jobs)} jobs",
+            unit="s",
+            bar_format="{desc} {percentage:3.0f}%|{bar}| ETA {remaining} (elapsed {elapsed})",
+            position=0,
+        )
         for kind, job, epochs in jobs:
             start = time.time()
-            if _recorded(figure, kind, job):     # done by another process meanwhile
+            if _recorded(figure, kind, job):  # done by another process meanwhile
                 bar.update(round(epochs * EPOCH_SECONDS[figure]))
                 bar.write(f"{figure} {kind} {job}: already recorded, skipped")
                 continue

@@ -37,12 +37,12 @@ def main(argv: list[str]) -> int:
         nb = jupytext.read(path)
         start = time.perf_counter()
         print(f"{path.relative_to(ROOT)}: running at paper scale ...", flush=True)
-        NotebookClient(nb, timeout=None, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
         target = OUT / f"{path.stem}.ipynb"
         nbformat.write(nb, target)
-        print(f"  done in {time.perf_counter() - start:.0f} s -> {target.relative_to(ROOT)}",
-              flush=True)
+        print(f"  done in {time.perf_counter() - start:.0f} s -> {target.relative_to(ROOT)}", flush=True)
     return 0
 
 
