@@ -28,6 +28,8 @@ __all__ = [
     "check_int",
     "check_positive_float",
     "trainable_parameters",
+    "as_real_vector",
+    "as_finite_matrix",
 ]
 
 
@@ -109,3 +111,33 @@ def trainable_parameters(model, *, purpose: str = "") -> list[tuple[str, torch.T
                 f"into one built outside)"
             )
     return named
+
+
+def as_real_vector(x, name: str) -> torch.Tensor:
+    """``x`` as a finite float64 tensor of shape ``(d,)``, ``d >= 1`` (a copy); used by :mod:`ewc_lib.laplace`."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"{name} must be real, got a complex tensor")
+        t = x.detach().to(torch.float64).clone()
+    else:
+        try:
+            t = torch.as_tensor(x, dtype=torch.float64).clone()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name} must be a real 1-D tensor or array, got {type(x).__name__}") from exc
+    if t.ndim != 1 or t.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D tensor of shape (d,), got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    return t
+
+
+def as_finite_matrix(X, name="X", cols=None) -> np.ndarray:
+    """``X`` as a finite, non-empty float64 array ``(N, D)`` (with ``cols`` columns, if given)."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty 2-D array (N, D), got shape {X.shape}")
+    if cols is not None and X.shape[1] != cols:
+        raise ValueError(f"{name}: expected {cols} columns, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return X

@@ -21,22 +21,17 @@ in eval mode. The returned :class:`ContinualHistory` says what happened.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 import numbers
-import time
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ._checks import check_int
-from .curvature import fisher_diagonal
+from ._training import _fisher, _Run
+from .history import ContinualHistory, evaluate_accuracy
 from .penalty import EWCPenalty, L2Penalty
-from .progress import progress_bar
 
 __all__ = ["ContinualHistory", "train_continual", "evaluate_accuracy"]
 
@@ -44,93 +39,6 @@ __all__ = ["ContinualHistory", "train_continual", "evaluate_accuracy"]
 _METHODS = ("sgd", "l2", "ewc")
 _ESTIMATORS = ("exact", "mc", "empirical", "batched_empirical")
 _PENALTY_STEPS = ("gradient", "proximal")
-
-
-@dataclasses.dataclass
-class ContinualHistory:
-    """What :func:`train_continual` did, as a tidy list of evaluation records.
-
-    Book: the accuracy curves and matrices of :ref:`sec-forgetting-curves` and
-    :ref:`sec-many-tasks`.
-
-    Attributes
-    ----------
-    method : str
-        ``"sgd"``, ``"l2"`` or ``"ewc"``.
-    config : dict
-        Every argument of the call except the model and the tasks (plus ``task_names``,
-        ``num_params``, ``steps_per_task``).
-    task_names : list of str
-    records : list of dict
-        One dict per (evaluation time, evaluated task) with keys ``step`` (global number of
-        SGD steps done so far), ``epoch`` (0-based epoch within the task being trained),
-        ``trained_task`` (index of the task being trained), ``eval_task`` (index of the task
-        evaluated), ``accuracy`` (test accuracy in [0, 1]) and ``end_of_task`` (True for the
-        evaluation at the end of ``trained_task``).
-    task_boundaries : list of int
-        Global step at which each task's training starts (``task_boundaries[0] == 0``).
-    penalty : EWCPenalty or None
-        The penalty object at the end (its anchors and Fishers), ``None`` for ``"sgd"``.
-    penalty_step_curvature : list of float
-        After each consolidation, ``lr * penalty.max_curvature()`` (``lr * lam * max_i sum_t
-        F_{t,i}``). Plain SGD on the penalty alone is stable only while this is below 2; larger
-        values make the most important parameters oscillate and blow up, which looks like a
-        collapse of all accuracies rather than like an error. Empty for ``"sgd"``.
-    epochs_run : list of int
-        Epochs trained on each task (less than ``epochs_per_task`` only with early stopping).
-    cpu_seconds, wall_seconds : float
-        Process CPU time and wall time of the whole call.
-    """
-
-    method: str
-    config: dict
-    task_names: list
-    records: list
-    task_boundaries: list
-    penalty: Any = None
-    penalty_step_curvature: list = dataclasses.field(default_factory=list)
-    epochs_run: list = dataclasses.field(default_factory=list)
-    cpu_seconds: float = float("nan")
-    wall_seconds: float = float("nan")
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.task_names)
-
-    def _check_task(self, eval_task) -> int:
-        if (
-            isinstance(eval_task, bool)
-            or not isinstance(eval_task, numbers.Integral)
-            or not 0 <= eval_task < self.num_tasks
-        ):
-            raise ValueError(f"eval_task: expected an int in [0, {self.num_tasks}), got {eval_task!r}")
-        return int(eval_task)
-
-    def curve(self, eval_task: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps, accuracies)`` of task ``eval_task`` at every evaluation, in step order."""
-        eval_task = self._check_task(eval_task)
-        rows = [r for r in self.records if r["eval_task"] == eval_task]
-        return (
-            np.array([r["step"] for r in rows], dtype=np.int64),
-            np.array([r["accuracy"] for r in rows], dtype=np.float64),
-        )
-
-    def accuracy_matrix(self) -> np.ndarray:
-        """``R[t, j]``: test accuracy on task ``j`` at the end of training task ``t``."""
-        R = np.full((self.num_tasks, self.num_tasks), np.nan)
-        for r in self.records:
-            if r["end_of_task"]:
-                R[r["trained_task"], r["eval_task"]] = r["accuracy"]
-        return R
-
-    def final_accuracies(self) -> np.ndarray:
-        """Test accuracy of every task after the last task was trained (length ``num_tasks``)."""
-        return self.accuracy_matrix()[-1].copy()
-
-    def average_after_each_task(self) -> np.ndarray:
-        """Entry ``t``: mean test accuracy over tasks ``0..t``, measured at the end of task ``t``."""
-        R = self.accuracy_matrix()
-        return np.array([R[t, : t + 1].mean() for t in range(self.num_tasks)])
 
 
 def _check_tasks(tasks):
@@ -169,24 +77,6 @@ def _check_validation_splits(tasks):
                 f"tasks[{t}]: x_val {tuple(xv.shape)} and y_val {tuple(yv.shape)} "
                 "must hold the same number N > 0 of examples"
             )
-
-
-@torch.no_grad()
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 10_000) -> float:
-    """Fraction of ``argmax(model(x)) == y`` (model put in eval mode, no gradients).
-
-    Book: the test accuracies of :ref:`sec-forgetting-curves`.
-
-    >>> net = torch.nn.Linear(2, 2)
-    >>> 0.0 <= evaluate_accuracy(net, torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)) <= 1.0
-    True
-    """
-    model.eval()
-    correct = 0
-    for start in range(0, x.shape[0], chunk_size):
-        logits = model(x[start : start + chunk_size])
-        correct += int((logits.argmax(dim=-1) == y[start : start + chunk_size]).sum())
-    return correct / x.shape[0]
 
 
 def train_continual(
@@ -396,140 +286,3 @@ def train_continual(
         progress=progress,
     )
     return run.train()
-
-
-class _Run:
-    """The state of one :func:`train_continual` call (arguments already checked)."""
-
-    def __init__(self, *, model, tasks, penalty, params, config, fisher_fn, callback, progress):
-        self.model, self.tasks, self.penalty, self.config = model, tasks, penalty, config
-        self.fisher_fn, self.callback, self.progress = fisher_fn, callback, progress
-        self.dtype = params[0].dtype
-        self.optimizer = torch.optim.SGD(params, lr=config["lr"])
-        self.batch_gen = torch.Generator().manual_seed(config["seed"])
-        n_eval = config["eval_num_examples"]
-        self.eval_sets = [(t.x_test[:n_eval].to(self.dtype), t.y_test[:n_eval]) for t in tasks]
-        self.records: list[dict] = []
-        self.boundaries: list[int] = []
-        self.epochs_run: list[int] = []
-        self.step_curvature: list[float] = []
-        self.step = 0
-
-    def evaluate(self, epoch, trained_task, end_of_task):
-        """Test accuracy of every task now (one record per task)."""
-        for j, (xe, ye) in enumerate(self.eval_sets):
-            self.records.append(
-                dict(
-                    step=self.step,
-                    epoch=epoch,
-                    trained_task=trained_task,
-                    eval_task=j,
-                    accuracy=evaluate_accuracy(self.model, xe, ye),
-                    end_of_task=end_of_task,
-                )
-            )
-
-    def sgd_step(self, x, y, t):
-        """One minibatch step on the task loss (+ the penalty, as a gradient or proximally)."""
-        model, penalty, cfg = self.model, self.penalty, self.config
-        model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        penalised = penalty is not None and penalty.num_tasks > 0
-        if penalised and cfg["penalty_step"] == "gradient":
-            loss = loss + penalty(model)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {float(loss.detach())} at step {self.step} (task {t}); lower lr or lam"
-            )
-        loss.backward()
-        self.optimizer.step()
-        if penalised and cfg["penalty_step"] == "proximal":
-            penalty.proximal_step(model, cfg["lr"])
-        self.step += 1
-        if self.callback is not None:
-            self.callback(self.step, model)
-
-    def train_task(self, t, task, bar):
-        """Train task ``t`` for its epochs (or until early stopping); evaluate at the end."""
-        cfg = self.config
-        epochs, batch, eval_every = cfg["epochs_per_task"], cfg["batch_size"], cfg["eval_every"]
-        self.boundaries.append(self.step)
-        x, y = task.x_train.to(self.dtype), task.y_train
-        best = None  # (validation accuracy, epoch, state) with early stopping
-        for epoch in range(epochs):
-            order = torch.randperm(x.shape[0], generator=self.batch_gen)
-            for start in range(0, x.shape[0], batch):
-                idx = order[start : start + batch]
-                self.sgd_step(x[idx], y[idx], t)
-                bar.update(1)
-                last_step_of_task = epoch == epochs - 1 and start + batch >= x.shape[0]
-                if eval_every is not None and self.step % eval_every == 0 and not last_step_of_task:
-                    self.evaluate(epoch, t, False)
-            if cfg["early_stopping"] is not None:
-                acc = evaluate_accuracy(self.model, task.x_val.to(self.dtype), task.y_val)
-                if best is None or acc > best[0]:
-                    best = (acc, epoch, copy.deepcopy(self.model.state_dict()))
-                elif epoch - best[1] >= cfg["early_stopping"]:
-                    break
-        if best is not None:
-            self.model.load_state_dict(best[2])
-            bar.update(cfg["steps_per_task"][t] - (self.step - self.boundaries[t]))
-        self.epochs_run.append(epoch + 1)
-        self.evaluate(epoch, t, True)
-
-    def consolidate(self, task):
-        """Anchor the penalty at the current parameters (EWC: with the task's Fisher)."""
-        if self.config["method"] == "ewc":
-            self.model.eval()
-            fisher = self.fisher_fn(self.model, task.x_train.to(self.dtype), task.y_train)
-            self.penalty.consolidate(self.model, fisher)
-        else:
-            self.penalty.consolidate(self.model)
-        self.step_curvature.append(self.config["lr"] * self.penalty.max_curvature())
-
-    def train(self) -> ContinualHistory:
-        cfg = self.config
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        bar = progress_bar(
-            total=sum(cfg["steps_per_task"]),
-            desc=f"{cfg['method']} ({len(self.tasks)} tasks)",
-            disable=not self.progress,
-            leave=False,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg["seed"])
-            if cfg["eval_every"] is not None:
-                self.evaluate(0, 0, False)
-            for t, task in enumerate(self.tasks):
-                self.train_task(t, task, bar)
-                if self.penalty is not None and t < len(self.tasks) - 1:
-                    self.consolidate(task)
-        bar.close()
-        self.model.eval()
-        return ContinualHistory(
-            method=cfg["method"],
-            config=cfg,
-            task_names=cfg["task_names"],
-            records=self.records,
-            task_boundaries=self.boundaries,
-            penalty=self.penalty,
-            penalty_step_curvature=self.step_curvature,
-            epochs_run=self.epochs_run,
-            cpu_seconds=time.process_time() - cpu0,
-            wall_seconds=time.perf_counter() - wall0,
-        )
-
-
-def _fisher(model, x, y, estimator, num_examples, batch_size, generator):
-    """Mean diagonal Fisher of the categorical likelihood at the current parameters."""
-    n = x.shape[0] if num_examples is None else min(num_examples, x.shape[0])
-    kwargs = dict(likelihood="categorical", estimator=estimator)
-    if estimator in ("empirical", "batched_empirical"):
-        kwargs["targets"] = y[:n]
-    if estimator == "batched_empirical":
-        kwargs["batch_size"] = batch_size
-    if estimator == "mc":
-        kwargs["generator"] = generator
-    model.eval()
-    return fisher_diagonal(model, x[:n], **kwargs)

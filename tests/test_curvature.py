@@ -567,7 +567,8 @@ def test_cholesky_factor_of_the_softmax_hessian_including_saturated_outputs():
 def test_docstring_examples_run():
     import doctest
 
-    for module in (curvature.fisher, curvature.fast_mlp, curvature.second_order, curvature.params, reference):
+    modules = (curvature.fisher, curvature.fast_mlp, curvature.second_order, curvature.params)
+    for module in modules + (reference.first_order, reference.second_order):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, f"{module.__name__}: {result}"
 

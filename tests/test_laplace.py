@@ -370,3 +370,12 @@ def test_grid_divergences_are_nonnegative_and_bounded(m, log_s1, log_s2):
 def test_docstring_examples_run():
     result = doctest.testmod(ewc_lib.laplace, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 10 and result.failed == 0
+    result = doctest.testmod(ewc_lib.grids, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_grid_functions_are_importable_from_laplace():
+    from ewc_lib import grids, laplace
+
+    for name in grids.__all__:
+        assert getattr(laplace, name) is getattr(grids, name) and name in laplace.__all__

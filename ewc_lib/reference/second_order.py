@@ -1,0 +1,147 @@
+"""Second-order oracles: Hessian, expected Hessian, GGN and Kunstner's residual term, row by row."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn  # noqa: F401  (the docstring examples use nn)
+
+from ._problem import _eval_mode, _finite_outputs, _flat_grad, _log_lik, _nll, _outcomes, _Problem
+
+__all__ = ["hessian_loop", "expected_hessian_loop", "jacobian_loop", "ggn_loop", "residual_term_loop"]
+
+
+def _hessian_rows(scalar, params):
+    g = _flat_grad(scalar, params, create_graph=True)
+    if not g.requires_grad:  # the gradient does not depend on the parameters (e.g. linear outputs)
+        return torch.zeros(g.numel(), g.numel(), dtype=g.dtype)
+    return torch.stack([_flat_grad(g[i], params, retain_graph=True) for i in range(g.numel())]).detach()
+
+
+def hessian_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0):
+    """Hessian of the mean NLL, ``(P, P)``, one double-backward per example and row.
+
+    Book: :ref:`sec-fisher-identities`.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 2)).double()
+    >>> x, y = torch.randn(3, 2, dtype=torch.float64), torch.tensor([0, 1, 1])
+    >>> import ewc_lib
+    >>> torch.allclose(hessian_loop(net, x, y), ewc_lib.hessian(net, x, y))
+    True
+    """
+    setup = _Problem(model, inputs, likelihood, sigma2)
+    targets = setup.check_targets(targets)
+    with _eval_mode(model):
+        params = [p for _, p in setup.named]
+        acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
+        for n in range(setup.n):
+            acc -= _hessian_rows(_log_lik(setup, setup.inputs[n : n + 1], targets[n : n + 1]), params)
+        return acc / setup.n
+
+
+def expected_hessian_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
+    r"""``-(1/N) sum_n E_{y ~ p(y|x_n)}[grad^2 log p(y | x_n)]`` by a loop over examples and outcomes.
+
+    Book: :prf:ref:`thm-fisher-identity`, :ref:`sec-fisher-identities`.
+
+    Categorical and Bernoulli: the probability-weighted sum over all outcomes of the
+    double-backward Hessian of ``log p(y|x_n)``. Gaussian: that Hessian is
+    ``-(J^T J - sum_d (y_d - f_d) grad^2 f_d) / sigma2`` and its expectation over
+    ``y ~ N(f, sigma2 I)`` removes the second term, which is what the loop computes by
+    evaluating at ``y = f`` (the mean).
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 3)).double()
+    >>> x = torch.randn(3, 2, dtype=torch.float64)
+    >>> import ewc_lib
+    >>> torch.allclose(expected_hessian_loop(net, x), ewc_lib.fisher_matrix(net, x))
+    True
+    """
+    setup = _Problem(model, inputs, likelihood, sigma2)
+    with _eval_mode(model):
+        params = [p for _, p in setup.named]
+        acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
+        for n in range(setup.n):
+            xn = setup.inputs[n : n + 1]
+            if likelihood == "gaussian":
+                with torch.no_grad():
+                    y = setup.outputs(xn)
+                acc -= _hessian_rows(_log_lik(setup, xn, y), params)
+            else:
+                for prob, y in _outcomes(setup, xn):
+                    acc -= prob * _hessian_rows(_log_lik(setup, xn, y), params)
+        return acc / setup.n
+
+
+def jacobian_loop(model, x_n, params):
+    """``(C, P)`` Jacobian of the outputs of one example ``x_n`` (batch axis of 1), row by row.
+
+    Book: :ref:`sec-fisher-identities`.
+    """
+    f = _finite_outputs(model(x_n))[0]
+    return torch.stack([_flat_grad(f[c], params, retain_graph=True) for c in range(f.shape[0])]).detach()
+
+
+def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
+    r"""``(1/N) sum_n J_n^T Lambda_n J_n`` with ``J_n`` by rows and ``Lambda_n`` by autograd.
+
+    Book: :prf:ref:`def-fisher-ggn`, :ref:`sec-fisher-identities`.
+
+    ``Lambda_n`` is the Hessian of the NLL with respect to the outputs, computed here with
+    ``torch.autograd.functional.hessian`` (no closed form). For these likelihoods it does
+    not depend on the target, so a dummy target is used.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 3)).double()
+    >>> x = torch.randn(3, 2, dtype=torch.float64)
+    >>> import ewc_lib
+    >>> torch.allclose(ggn_loop(net, x), ewc_lib.ggn(net, x))
+    True
+    """
+    setup = _Problem(model, inputs, likelihood, sigma2)
+    with _eval_mode(model):
+        params = [p for _, p in setup.named]
+        acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
+        for n in range(setup.n):
+            xn = setup.inputs[n : n + 1]
+            J = jacobian_loop(model, xn, params)
+            with torch.no_grad():
+                f = setup.outputs(xn)
+            if likelihood == "categorical":
+                y = torch.zeros(1, dtype=torch.long)
+            else:
+                y = torch.zeros_like(f)
+            lam = torch.autograd.functional.hessian(lambda ff: _nll(ff, y, likelihood, setup.sigma2).sum(), f)
+            lam = lam.reshape(f.shape[1], f.shape[1])
+            acc += J.T @ lam @ J
+        return acc / setup.n
+
+
+def residual_term_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0):
+    r"""``(1/N) sum_n sum_k r_nk grad^2_theta f_nk`` with ``r_n = d(-log p(y_n|f))/d f_n``.
+
+    Book: :prf:ref:`thm-fisher-hessian-residual`, :ref:`sec-fisher-identities`.
+
+    The part of the Hessian the GGN leaves out (Kunstner et al. 2019, Prop. 2):
+    ``hessian = ggn + residual_term``. ``r`` by autograd; ``grad^2 f_nk`` by double backward.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 1)).double()
+    >>> x, y = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    >>> import ewc_lib
+    >>> H = ewc_lib.hessian(net, x, y, likelihood="gaussian")
+    >>> R = residual_term_loop(net, x, y, likelihood="gaussian")
+    >>> torch.allclose(H, ewc_lib.ggn(net, x, likelihood="gaussian") + R)
+    True
+    """
+    setup = _Problem(model, inputs, likelihood, sigma2)
+    targets = setup.check_targets(targets)
+    with _eval_mode(model):
+        params = [p for _, p in setup.named]
+        acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
+        for n in range(setup.n):
+            xn = setup.inputs[n : n + 1]
+            with torch.no_grad():
+                f0 = setup.outputs(xn)
+            f0 = f0.clone().requires_grad_(True)
+            r = torch.autograd.grad(_nll(f0, targets[n : n + 1], likelihood, setup.sigma2).sum(), f0)[0][0]
+            for k in range(r.numel()):
+                f = setup.outputs(xn)[0]
+                acc += r[k] * _hessian_rows(f[k], params)
+        return acc / setup.n
