@@ -30,6 +30,9 @@ __all__ = [
     "trainable_parameters",
     "as_real_vector",
     "as_finite_matrix",
+    "as_finite_targets",
+    "as_theta",
+    "check_binary",
 ]
 
 
@@ -141,3 +144,29 @@ def as_finite_matrix(X, name="X", cols=None) -> np.ndarray:
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{name}: contains NaN or inf")
     return X
+
+
+def as_finite_targets(y, n, name="y") -> np.ndarray:
+    """``y`` as ``n`` finite float64 targets, shape ``(n,)``."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if y.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} targets (one per row of X), got {y.shape[0]}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return y
+
+
+def as_theta(theta, d) -> np.ndarray:
+    """``theta`` as a finite float64 array of shape ``(..., d)`` (one parameter vector or a stack)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    if theta.ndim == 0 or theta.shape[-1] != d:
+        raise ValueError(f"theta: expected shape (..., {d}), got {theta.shape}")
+    if not np.all(np.isfinite(theta)):
+        raise ValueError("theta: contains NaN or inf")
+    return theta
+
+
+def check_binary(y) -> None:
+    """``ValueError`` unless every label in ``y`` is 0 or 1."""
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("y: expected labels in {0, 1}")

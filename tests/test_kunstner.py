@@ -210,3 +210,15 @@ def test_relative_gap_and_generalized_eigenvalues():
         k.relative_gap(A, np.zeros((2, 2)))
     with pytest.raises(ValueError, match="shapes"):
         k.relative_gap(A, np.eye(3))
+
+
+def test_docstring_examples_and_reexports():
+    import doctest
+
+    from ewc_lib import logistic
+
+    for module in (k, logistic):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+    for name in logistic.__all__:
+        assert getattr(k, name) is getattr(logistic, name) and name in k.__all__
