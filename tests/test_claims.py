@@ -144,3 +144,22 @@ def test_claim_is_named_by_its_condition(monkeypatch):
         claims.claim(lam_ewc >= threshold,
                      detail=f"{lam_ewc} < {threshold}")
     assert str(info.value) == "lam_ewc >= threshold (10.0 < 100.0)"
+
+
+def test_book_role_reads_only_glued_calls():
+    """_ext/glued_eval.py: the book pastes {eval}`glued("key:fmt")` as {glue:text}`key:fmt`."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "_ext"))
+    try:
+        from glued_eval import parse_glued
+    finally:
+        sys.path.remove(str(ROOT / "_ext"))
+    assert parse_glued('glued("fc-endA-sgd:.1f")') == ("fc-endA-sgd", ".1f")
+    assert parse_glued(" glued('mnist-n-train:,') ") == ("mnist-n-train", ",")
+    assert parse_glued('glued("mnist-ef-wins")') == ("mnist-ef-wins", "s")
+    for bad in ("x", "f'{x:.1f}'", 'glued("a", "b")', "glued(key)", "other('a:.1f')", "glued("):
+        with pytest.raises(ValueError):
+            parse_glued(bad)
