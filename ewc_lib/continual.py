@@ -125,7 +125,7 @@ def train_continual(
         Train mode during SGD steps (dropout active); eval mode for evaluation and Fisher.
     tasks : sequence of tasks
         Objects with ``x_train, y_train, x_test, y_test`` tensors (``int64`` labels) and
-        optionally ``name`` -- e.g. :func:`ewc_lib.tasks.permuted_mnist_tasks`.
+        optionally ``name`` -- e.g. :func:`~ewc_lib.tasks.permuted_mnist_tasks`.
     method : {"sgd", "l2", "ewc"}
     lam : float >= 0
         Penalty strength; must be 0 for ``"sgd"``.

@@ -45,10 +45,14 @@ NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 
 #: Where the repository keeps the data file (``<repo>/data/mnist.npz``). The environment
 #: variable ``EWC_MNIST_PATH`` overrides it.
+#:
+#: :meta hide-value:
 DEFAULT_PATH = pathlib.Path(__file__).resolve().parent.parent / "data" / "mnist.npz"
 
 #: SHA-256 of each array's raw bytes (``hashlib.sha256(a.tobytes())``), as listed in
 #: ``data/README.md``.
+#:
+#: :meta hide-value:
 MNIST_SHA256 = {
     "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
     "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",

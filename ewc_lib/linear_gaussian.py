@@ -4,7 +4,7 @@ For ``y = X theta + eps`` with ``eps ~ N(0, sigma2 I)`` and a Gaussian prior, ev
 is Gaussian, a task's negative log-likelihood is exactly quadratic in ``theta``, and its
 Hessian equals its Fisher. The Laplace approximation is then exact, so the book uses this model
 to check equation (2) (:ref:`sec-bayes-two-tasks-check`), the value of ``lam``
-(:ref:`sec-ewc-penalty-assemble`) and the ways of combining penalties for several tasks
+(:ref:`the value of lambda <sec-ewc-penalty-assemble>`) and the ways of combining penalties for several tasks
 (:ref:`sec-ewc-penalty-several`, :ref:`sec-diagonal-and-multitask`).
 
 A task is summarised by ``F = X^T X / sigma2`` and ``b = X^T y / sigma2`` (the curvature and
@@ -48,7 +48,7 @@ def task_statistics(X, y, *, sigma2=1.0, reduction="sum"):
     The summed negative log-likelihood is ``1/2 theta^T F theta - b^T theta + const``, so ``F``
     is both its Hessian and its Fisher, and the task's least-squares fit is ``F^{-1} b``. With
     ``reduction="mean"`` both are divided by ``N = len(y)``: the Fisher of the mean loss
-    ``L(theta)`` of :ref:`sec-ewc-penalty-assemble`.
+    ``L(theta)`` of :ref:`the value of lambda <sec-ewc-penalty-assemble>`.
 
     >>> task_statistics(np.eye(2), np.array([1.0, 2.0]), sigma2=2.0)[1].tolist()
     [0.5, 1.0]
@@ -88,7 +88,7 @@ def penalised_minimiser(F, b, penalties=()):
     ``penalties`` is a sequence of ``(K_k, a_k)`` (stiffness matrix, anchor); the minimiser
     solves ``(F + sum_k K_k) theta = b + sum_k K_k a_k``. With ``F, b`` of task B (mean
     reduction) and one penalty ``(lam * F_A, theta_A)`` it is the minimiser of EWC's objective
-    before the diagonal step (:ref:`sec-ewc-penalty-assemble`); with several penalties, the
+    before the diagonal step (:ref:`the value of lambda <sec-ewc-penalty-assemble>`); with several penalties, the
     separate or the single recursive penalty of :ref:`sec-ewc-penalty-several`. A scalar or
     1-D ``K_k`` is a diagonal stiffness.
 

@@ -29,6 +29,8 @@ __all__ = [
 
 #: The three data sets of Kunstner et al.'s Figure 2 / Table 2; for each, the class means and
 #: covariance matrices of the inputs of class 0 and class 1 (equal class sizes).
+#:
+#: :meta hide-value:
 LOGREG_DATASETS = {
     "correct": {
         "mean0": (1.0, 1.0),
