@@ -124,9 +124,9 @@ class Claims:
             lines.append(f"| {mark} | `{_cell(claim)}` | {_cell(detail)} |")
         head = f"**{self.title}**\n\n" if self.title else ""
         n_bad = len(self.failed)
-        summary = (f"{len(self.rows) - n_bad} of {len(self.rows)} claims hold at these "
-                   "settings" + ("" if not n_bad else
-                                 " (reported, not asserted: class mode)"))
+        summary = f"{len(self.rows) - n_bad} of {len(self.rows)} claims hold at these settings" + (
+            "" if not n_bad else " (reported, not asserted: class mode)"
+        )
         return head + summary + "\n\n" + "\n".join(lines)
 
     def finish(self) -> None:
@@ -138,7 +138,7 @@ class Claims:
             return
         _show_markdown(self.table())
 
-    def __enter__(self) -> "Claims":
+    def __enter__(self) -> Claims:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -162,7 +162,7 @@ def check(title: str | None = None, strict: bool | None = None) -> Claims:
     return Claims(title, strict)
 
 
-_PENDING: list = []       # class mode: claims of the running cell, shown when it ends
+_PENDING: list = []  # class mode: claims of the running cell, shown when it ends
 _HOOKED: list = []
 
 
@@ -194,8 +194,7 @@ def claim(holds, text: str | None = None, detail="") -> None:
         return None
     ip = _kernel_shell()
     if ip is None:
-        print(("holds: " if ok else "DOES NOT HOLD: ") + str(text)
-              + (f" ({detail})" if detail else ""))
+        print(("holds: " if ok else "DOES NOT HOLD: ") + str(text) + (f" ({detail})" if detail else ""))
         return None
     if not _HOOKED or _HOOKED[0] is not ip:
         ip.events.register("post_run_cell", _show_pending)

@@ -10,11 +10,23 @@ from ewc_lib import claims
 from ewc_lib.claims import ClaimFailed, check, class_mode, glue, glued
 
 
-@pytest.mark.parametrize("value,fmt", [
-    (97.345, ".1f"), (np.float64(0.12345), ".3f"), (0.987, ".1%"), (12345, ","),
-    (12345.0, ".3g"), (7, ""), (7, "d"), ("the first", ""), ("the first", "s"),
-    (float(3.0), ".0f"), (1e-7, ".2e"), (np.int64(42), "d"),
-])
+@pytest.mark.parametrize(
+    "value,fmt",
+    [
+        (97.345, ".1f"),
+        (np.float64(0.12345), ".3f"),
+        (0.987, ".1%"),
+        (12345, ","),
+        (12345.0, ".3g"),
+        (7, ""),
+        (7, "d"),
+        ("the first", ""),
+        ("the first", "s"),
+        (3.0, ".0f"),
+        (1e-7, ".2e"),
+        (np.int64(42), "d"),
+    ],
+)
 def test_glued_formats_like_the_book(value, fmt):
     """The book pastes ``format_plain_text(repr, fmt)``; glued() must print the same."""
     from IPython.core.formatters import PlainTextFormatter
@@ -75,7 +87,7 @@ def test_class_mode_reports_and_goes_on(monkeypatch, capsys):
     with check("Forgetting") as claim:
         claim(True, "SGD forgets A")
         claim(False, "EWC keeps A", "80.1 % < 90 %")
-    out = capsys.readouterr().out   # no IPython kernel here: printed as Markdown text
+    out = capsys.readouterr().out  # no IPython kernel here: printed as Markdown text
     assert "1 of 2 claims hold" in out
     assert "| holds | `SGD forgets A` |" in out
     assert "| **does not hold** | `EWC keeps A` | 80.1 % < 90 % |" in out
@@ -98,7 +110,7 @@ def test_exception_inside_block_is_not_masked(monkeypatch):
 
 def test_claim_raises_by_default_like_assert(monkeypatch):
     monkeypatch.delenv(claims.CLASS_ENV, raising=False)
-    assert claims.claim(np.float64(1.0) > 0, "positive") is None   # displays nothing, like assert
+    assert claims.claim(np.float64(1.0) > 0, "positive") is None  # displays nothing, like assert
     with pytest.raises(AssertionError, match=r"EWC keeps A \(0.81 < 0.9\)"):
         claims.claim(False, "EWC keeps A", "0.81 < 0.9")
 
@@ -133,7 +145,7 @@ def test_claim_table_in_a_kernel_at_the_end_of_the_cell(monkeypatch):
     assert not shown
     events["post_run_cell"](None)
     assert len(shown) == 1 and "1 of 2 claims hold" in shown[0] and "second" in shown[0]
-    events["post_run_cell"](None)   # nothing pending: nothing shown
+    events["post_run_cell"](None)  # nothing pending: nothing shown
     assert len(shown) == 1
 
 
@@ -141,8 +153,7 @@ def test_claim_is_named_by_its_condition(monkeypatch):
     monkeypatch.delenv(claims.CLASS_ENV, raising=False)
     lam_ewc, threshold = 10.0, 100.0
     with pytest.raises(ClaimFailed) as info:
-        claims.claim(lam_ewc >= threshold,
-                     detail=f"{lam_ewc} < {threshold}")
+        claims.claim(lam_ewc >= threshold, detail=f"{lam_ewc} < {threshold}")
     assert str(info.value) == "lam_ewc >= threshold (10.0 < 100.0)"
 
 

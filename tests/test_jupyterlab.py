@@ -49,7 +49,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -60,13 +59,15 @@ LAB_CONFIG = ROOT / "tools" / "jupyter_lab_config.py"
 FACTORY = "Jupytext Notebook"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.md"))
 VIEWPORT = {"width": 1440, "height": 900}
-RUN_BUDGET_S = 300          # one notebook, Run All, in the browser (the slowest takes ~60 s)
+RUN_BUDGET_S = 300  # one notebook, Run All, in the browser (the slowest takes ~60 s)
 
 #: Raw MyST that must not survive rendering: roles, directive fences and options, labels.
 RAW_MYST = re.compile(
     r"\{(?:ref|eq|numref|doc|term|download|cite(?::\w+)?|prf:\w+|glue(?::\w+)?|eval)\}`"
     r"|```\s*\{|:::\s*\{|^\s*\((?:sec|eq|fig|thm|def|asm|ex)-[\w-]+\)=\s*$"
-    r"|^\s*:(?:class|label|tags|name|caption|nonumber):", re.M)
+    r"|^\s*:(?:class|label|tags|name|caption|nonumber):",
+    re.M,
+)
 
 
 def _cells(path: pathlib.Path):
@@ -76,6 +77,7 @@ def _cells(path: pathlib.Path):
 
 
 # ---------------------------------------------------------------- static checks (no browser)
+
 
 def test_overrides_file_sets_jupytext_default_viewer_and_no_news():
     data = json.loads(OVERRIDES.read_text())
@@ -89,10 +91,13 @@ def test_overrides_file_sets_jupytext_default_viewer_and_no_news():
 def test_notebook_is_in_the_form_jupytext_saves(path):
     text = path.read_text(encoding="utf-8")
     again = normalized(text)
-    diff = "\n".join(difflib.unified_diff(text.splitlines(), again.splitlines(), "file",
-                                          "as jupytext saves it", lineterm="", n=1))
-    assert again == text, (f"{path.name}: saving it from JupyterLab would rewrite these lines "
-                           f"(run tools/normalize_notebooks.py):\n{diff[:3000]}")
+    diff = "\n".join(
+        difflib.unified_diff(text.splitlines(), again.splitlines(), "file", "as jupytext saves it", lineterm="", n=1)
+    )
+    assert again == text, (
+        f"{path.name}: saving it from JupyterLab would rewrite these lines "
+        f"(run tools/normalize_notebooks.py):\n{diff[:3000]}"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -100,11 +105,12 @@ def test_notebook_uses_only_syntax_jupyterlab_renders(path):
     cells = _cells(path)
     markdown = "\n".join(c.source for c in cells if c.cell_type == "markdown")
     glue_roles = re.findall(r"\{glue(?::\w+)?\}`[^`]*`", markdown)
-    assert not glue_roles, (f"{path.name}: JupyterLab shows {{glue}} roles raw; write "
-                            f"{{eval}}`glued(\"key:fmt\")` instead: {glue_roles[:5]}")
+    assert not glue_roles, (
+        f'{path.name}: JupyterLab shows {{glue}} roles raw; write {{eval}}`glued("key:fmt")` instead: {glue_roles[:5]}'
+    )
     evals = re.findall(r"\{eval\}`([^`]*)`", markdown)
     bad = [e for e in evals if not re.fullmatch(r"glued\((['\"])[^'\"]+\1\)", e.strip())]
-    assert not bad, f"{path.name}: the book renders only {{eval}}`glued(\"key:fmt\")`: {bad}"
+    assert not bad, f'{path.name}: the book renders only {{eval}}`glued("key:fmt")`: {bad}'
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -117,16 +123,15 @@ def test_claims_use_claim_not_assert(path):
     for i, cell in enumerate(code):
         if i == 0 or cell.source.lstrip().startswith("# Settings"):
             continue
-        src = "\n".join(line for line in cell.source.splitlines()
-                        if not line.lstrip().startswith(("%", "!")))
+        src = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
         for node in ast.walk(ast.parse(src)):
             if isinstance(node, ast.Assert):
-                offending.append(f"code cell {i + 1}, line {node.lineno}: "
-                                 f"{ast.get_source_segment(src, node)[:100]}")
+                offending.append(f"code cell {i + 1}, line {node.lineno}: {ast.get_source_segment(src, node)[:100]}")
     assert not offending, f"{path.name}: use ewc_lib.claims.claim:\n" + "\n".join(offending)
 
 
 # ---------------------------------------------------------------- JupyterLab in a browser
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -144,21 +149,36 @@ def _lab(root_dir: pathlib.Path, home: pathlib.Path):
     """``make lab``'s command on ``root_dir``; yields the base URL."""
     installed = pathlib.Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
     if not installed.is_file() or json.loads(installed.read_text()) != json.loads(OVERRIDES.read_text()):
-        pytest.fail(f"{installed} is missing or differs from {OVERRIDES.relative_to(ROOT)}: "
-                    "run `make install` (it copies the file)")
+        pytest.fail(
+            f"{installed} is missing or differs from {OVERRIDES.relative_to(ROOT)}: "
+            "run `make install` (it copies the file)"
+        )
     settings = home / "settings"
     # autosave off: a test run must never write the notebooks it executes
     (settings / "@jupyterlab" / "docmanager-extension").mkdir(parents=True, exist_ok=True)
     (settings / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings").write_text(
-        json.dumps({"autosave": False}))
+        json.dumps({"autosave": False})
+    )
     port = _free_port()
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"),
-               JUPYTERLAB_SETTINGS_DIR=str(settings),
-               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), EWC_CLASS="1")
-    cmd = [str(pathlib.Path(sys.executable).parent / "jupyter"), "lab", f"--config={LAB_CONFIG}",
-           "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-           "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.port_retries=0",
-           str(root_dir)]
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+        EWC_CLASS="1",
+    )
+    cmd = [
+        str(pathlib.Path(sys.executable).parent / "jupyter"),
+        "lab",
+        f"--config={LAB_CONFIG}",
+        "--no-browser",
+        f"--port={port}",
+        "--ServerApp.ip=127.0.0.1",
+        "--IdentityProvider.token=",
+        "--ServerApp.password=",
+        "--ServerApp.port_retries=0",
+        str(root_dir),
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.insert(2, "--allow-root")
     log = home / "lab.log"
@@ -197,8 +217,7 @@ def test_contents_api_serves_md_as_notebook_with_language_info(lab_server):
     cells = model["content"]["cells"]
     assert any(c["cell_type"] == "code" for c in cells)
     meta = model["content"]["metadata"]
-    assert meta["kernelspec"] == {"display_name": "Python 3 (ewc)", "language": "python",
-                                  "name": "python3"}
+    assert meta["kernelspec"] == {"display_name": "Python 3 (ewc)", "language": "python", "name": "python3"}
     assert meta["language_info"]["name"] == "python"
 
 
@@ -231,9 +250,10 @@ def _open(context, base, name, outside):
     # ?reset: a fresh workspace, so the previous test's notebook is not restored beside it
     page.goto(f"{base}/lab/tree/{name}?reset", timeout=180_000)
     page.wait_for_function(
-        "document.querySelectorAll(`.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell`).length > 0", timeout=180_000)
+        "document.querySelectorAll(`.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell`).length > 0", timeout=180_000
+    )
     _wait_kernel_idle(page)
-    page.wait_for_timeout(1500)    # metadata updates after the kernel connects
+    page.wait_for_timeout(1500)  # metadata updates after the kernel connects
     _wait_kernel_idle(page)
     return page, errors
 
@@ -242,13 +262,15 @@ def _wait_kernel_idle(page, timeout_ms=180_000):
     page.wait_for_function(
         "document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) "
         ".jp-Notebook-ExecutionIndicator')?.getAttribute('data-status') === 'idle'",
-        timeout=timeout_ms)
+        timeout=timeout_ms,
+    )
 
 
 def _tab_dirty(page) -> bool:
     return page.evaluate(
         "document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current')"
-        ".classList.contains('jp-mod-dirty')")
+        ".classList.contains('jp-mod-dirty')"
+    )
 
 
 _RENDERED_JS = """() => [...document.querySelectorAll(
@@ -261,7 +283,7 @@ def _raw_myst(page) -> list[str]:
     found = []
     for text in page.evaluate(_RENDERED_JS):
         for m in RAW_MYST.finditer(text):
-            line = text[max(0, m.start() - 60): m.end() + 60].replace("\n", " ")
+            line = text[max(0, m.start() - 60) : m.end() + 60].replace("\n", " ")
             found.append(line)
     return found
 
@@ -282,9 +304,11 @@ def _run_all(page):
         """() => { const p = [...document.querySelectorAll(`.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt`)]
                    .map(e => e.textContent);
                    return p.length > 0 && p.every(t => /\\[\\d+\\]/.test(t)); }""",
-        timeout=RUN_BUDGET_S * 1000, polling=1000)
+        timeout=RUN_BUDGET_S * 1000,
+        polling=1000,
+    )
     _wait_kernel_idle(page)
-    page.wait_for_timeout(1500)    # markdown cells after the last code cell render
+    page.wait_for_timeout(1500)  # markdown cells after the last code cell render
 
 
 _OUTPUTS_JS = """() => {
@@ -333,10 +357,10 @@ def test_notebook_opens_renders_and_runs_in_lab(lab_server, chromium, path):
         assert not inline_errors, f"{path.name}: errors in the rendered text: {inline_errors}"
         raw = _raw_myst(page)
         assert not raw, f"{path.name}: raw MyST after running: {raw[:8]}"
-        too_big = [wh for wh in out["images"]
-                   if wh[0] > out["notebookWidth"] or wh[1] > VIEWPORT["height"] - 150]
-        assert not too_big, (f"{path.name}: figures larger than the notebook area at "
-                             f"1440 x 900 (width, height): {too_big}")
+        too_big = [wh for wh in out["images"] if wh[0] > out["notebookWidth"] or wh[1] > VIEWPORT["height"] - 150]
+        assert not too_big, (
+            f"{path.name}: figures larger than the notebook area at 1440 x 900 (width, height): {too_big}"
+        )
         assert not page_errors, f"{path.name}: JavaScript errors: {page_errors[:5]}"
         print(f"[lab] {path.name}: Run All {seconds:.0f} s, {len(out['images'])} figures")
     finally:
@@ -351,7 +375,7 @@ def test_notebook_opens_renders_and_runs_in_lab(lab_server, chromium, path):
 def test_saving_an_edit_changes_only_that_line(chromium, tmp_path):
     """Open a copy of a notebook, run it, type at the end of one code line, save: exactly that
     line of the .md file changes (no header, caption, output or inline-expression metadata)."""
-    name = "laplace_demo.md"   # light: runs in seconds
+    name = "laplace_demo.md"  # light: runs in seconds
     folder = tmp_path / "nb"
     folder.mkdir()
     shutil.copy(ROOT / "notebooks" / name, folder / name)
@@ -372,19 +396,25 @@ def test_saving_an_edit_changes_only_that_line(chromium, tmp_path):
             try:
                 page.wait_for_function(
                     "document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current')"
-                    ".classList.contains('jp-mod-dirty')", timeout=10_000)
+                    ".classList.contains('jp-mod-dirty')",
+                    timeout=10_000,
+                )
             except Exception:
                 page.screenshot(path=str(tmp_path / "edit.png"))
                 raise
             page.keyboard.press("Control+s")
             page.wait_for_function(
                 "!document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current')"
-                ".classList.contains('jp-mod-dirty')", timeout=30_000)
+                ".classList.contains('jp-mod-dirty')",
+                timeout=30_000,
+            )
         finally:
             context.close()
     after = (folder / name).read_text(encoding="utf-8")
-    diff = [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(),
-                                                   lineterm="", n=0)
-            if not line.startswith(("---", "+++", "@@"))]
+    diff = [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if not line.startswith(("---", "+++", "@@"))
+    ]
     assert len(diff) == 2 and diff[0].startswith("-") and diff[1].startswith("+"), diff
     assert diff[1] == diff[0].replace("-", "+", 1) + "  # edited in class", diff

@@ -36,8 +36,12 @@ class ClassContentsManager(_JupytextManager):
 
     async def get(self, path, content=True, type=None, format=None, *args, **kwargs):
         model = await super().get(path, content, type, format, *args, **kwargs)
-        if (content and model.get("type") == "notebook" and not str(path).endswith(".ipynb")
-                and isinstance(model.get("content"), dict)):
+        if (
+            content
+            and model.get("type") == "notebook"
+            and not str(path).endswith(".ipynb")
+            and isinstance(model.get("content"), dict)
+        ):
             metadata = model["content"].setdefault("metadata", {})
             if metadata.get("kernelspec", {}).get("language", "python") == "python":
                 metadata.setdefault("language_info", copy.deepcopy(_LANGUAGE_INFO))
