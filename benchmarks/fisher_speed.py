@@ -78,8 +78,16 @@ def setup(n):
 
 def cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 5), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(256, 10),
+    )
 
 
 def cold_child(n, import_dynamo):
@@ -98,36 +106,48 @@ def cold_child(n, import_dynamo):
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t, c = time.perf_counter(), time.process_time()
         ewc_lib.fisher_diagonal(model, x)
-        runs.append((time.perf_counter() - t, time.process_time() - c,
-                     resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0))
+        runs.append(
+            (time.perf_counter() - t, time.process_time() - c, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        )
     print(json.dumps({"cold": runs[0], "warm": runs[1:], "import": import_seconds}))
 
 
 def cold_warm(n, runs):
-    variants = [("first call, as a user sees it", False),
-                ("first call after `import torch._dynamo`", True)]
+    variants = [("first call, as a user sees it", False), ("first call after `import torch._dynamo`", True)]
     results = {name: [] for name, _ in variants}
     for r in range(runs):
-        for name, dyn in (variants if r % 2 == 0 else variants[::-1]):
-            out = subprocess.run([sys.executable, __file__, "--cold-child", str(n), str(int(dyn))],
-                                 capture_output=True, text=True, check=True).stdout
+        for name, dyn in variants if r % 2 == 0 else variants[::-1]:
+            out = subprocess.run(
+                [sys.executable, __file__, "--cold-child", str(n), str(int(dyn))],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             results[name].append(json.loads(out.strip().splitlines()[-1]))
-    print(f"\nGeneric path, small CNN (5,994 parameters, float32), exact diagonal of {n} MNIST images "
-          f"(GENERIC_BUDGET = {curvature.GENERIC_BUDGET}); {runs} fresh processes per variant, variants "
-          f"alternating; minimum over processes (warm: over 3 calls x processes), median page faults:\n")
-    print("| variant | cold wall (s) | cold CPU (s) | warm wall (s) | warm CPU (s) | cold / warm wall | "
-          "cold / warm CPU | page faults cold | page faults warm |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"\nGeneric path, small CNN (5,994 parameters, float32), exact diagonal of {n} MNIST images "
+        f"(GENERIC_BUDGET = {curvature.GENERIC_BUDGET}); {runs} fresh processes per variant, variants "
+        f"alternating; minimum over processes (warm: over 3 calls x processes), median page faults:\n"
+    )
+    print(
+        "| variant | cold wall (s) | cold CPU (s) | warm wall (s) | warm CPU (s) | cold / warm wall | "
+        "cold / warm CPU | page faults cold | page faults warm |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
     for name, rows in results.items():
         cw, cc = min(r["cold"][0] for r in rows), min(r["cold"][1] for r in rows)
         ww = min(w[0] for r in rows for w in r["warm"])
         wc = min(w[1] for r in rows for w in r["warm"])
         fc = statistics.median(r["cold"][2] for r in rows)
         fw = statistics.median(r["warm"][-1][2] for r in rows)
-        print(f"| {name} | {cw:.2f} | {cc:.2f} | {ww:.2f} | {wc:.2f} | {cw / ww:.2f} | {cc / wc:.2f} | "
-              f"{fc:.0f} | {fw:.0f} |")
+        print(
+            f"| {name} | {cw:.2f} | {cc:.2f} | {ww:.2f} | {wc:.2f} | {cw / ww:.2f} | {cc / wc:.2f} | "
+            f"{fc:.0f} | {fw:.0f} |"
+        )
     imports = [r["import"] for name, dyn in variants if dyn for r in results[name]]
-    print(f"\n`import torch._dynamo` alone (outside the timed calls above): min {min(imports):.2f} s, "
-          f"median {statistics.median(imports):.2f} s wall")
+    print(
+        f"\n`import torch._dynamo` alone (outside the timed calls above): min {min(imports):.2f} s, "
+        f"median {statistics.median(imports):.2f} s wall"
+    )
 
 
 def _status_kib(field):
@@ -162,8 +182,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=30, help="rounds; the minimum is reported")
     parser.add_argument("--naive-subset", type=int, default=20, help="images for the brute-force loop")
     parser.add_argument("--no-memory", action="store_true", help="skip the 60,000-image memory runs")
-    parser.add_argument("--empirical-rounds", type=int, default=200,
-                        help="rounds of the long empirical-vs-SumGradSquared run (0: skip)")
+    parser.add_argument(
+        "--empirical-rounds", type=int, default=200, help="rounds of the long empirical-vs-SumGradSquared run (0: skip)"
+    )
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh processes per cold/warm variant")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold/warm CNN runs")
     parser.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -178,14 +199,17 @@ def main():
 
     model, x, y = setup(args.n)
     n = x.shape[0]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, MLP 784-400-400-10 ReLU, "
-          f"N = {n} MNIST images, min of {args.repeats} interleaved rounds after a warm-up (shared machine: "
-          f"wall times are noisy; compare ratios measured in the same rounds)\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, MLP 784-400-400-10 ReLU, "
+        f"N = {n} MNIST images, min of {args.repeats} interleaved rounds after a warm-up (shared machine: "
+        f"wall times are noisy; compare ratios measured in the same rounds)\n"
+    )
 
     methods = {
         "ewc_lib fisher_diagonal(exact)": lambda: ewc_lib.fisher_diagonal(model, x),
-        "ewc_lib fisher_diagonal(empirical)": lambda: ewc_lib.fisher_diagonal(model, x, estimator="empirical",
-                                                                              targets=y),
+        "ewc_lib fisher_diagonal(empirical)": lambda: ewc_lib.fisher_diagonal(
+            model, x, estimator="empirical", targets=y
+        ),
     }
 
     def ten_passes():
@@ -249,7 +273,7 @@ def main():
         fn()
     order = list(methods.items())
     for r in range(args.repeats):
-        for name, fn in (order if r % 2 == 0 else order[::-1]):  # alternate the order: no position bias
+        for name, fn in order if r % 2 == 0 else order[::-1]:  # alternate the order: no position bias
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             last[name] = time.perf_counter() - t0
@@ -273,27 +297,34 @@ def main():
     def ratio(a, b):
         return f"{wall[a] / wall[b]:.2f} | {cpu[a] / cpu[b]:.2f} | {statistics.median(per_round[(a, b)]):.2f}"
 
-    print("\n| ratio | min wall / min wall | min CPU / min CPU | median of per-round wall ratios |\n"
-          "|---|---:|---:|---:|")
+    print(
+        "\n| ratio | min wall / min wall | min CPU / min CPU | median of per-round wall ratios |\n|---|---:|---:|---:|"
+    )
     if backpack is not None:
-        print("| fisher_diagonal(exact) / BackPACK DiagGGNExact (must be <= 1) | "
-              f"{ratio(ex, 'BackPACK DiagGGNExact')} |")
-        print(f"| fisher_diagonal(empirical) / BackPACK SumGradSquared (target <= 0.7) | "
-              f"{ratio(em, 'BackPACK SumGradSquared')} |")
-        print(f"| same, zero-feature skipping off / BackPACK SumGradSquared | "
-              f"{ratio(dense, 'BackPACK SumGradSquared')} |")
+        print(
+            f"| fisher_diagonal(exact) / BackPACK DiagGGNExact (must be <= 1) | {ratio(ex, 'BackPACK DiagGGNExact')} |"
+        )
+        print(
+            f"| fisher_diagonal(empirical) / BackPACK SumGradSquared (target <= 0.7) | "
+            f"{ratio(em, 'BackPACK SumGradSquared')} |"
+        )
+        print(
+            f"| same, zero-feature skipping off / BackPACK SumGradSquared | {ratio(dense, 'BackPACK SumGradSquared')} |"
+        )
     else:
         print("| BackPACK ratios | skipped (BackPACK not installed) | | |")
     print(f"| fisher_diagonal(empirical) / same with zero-feature skipping off | {ratio(em, dense)} |")
     print(f"| fisher_diagonal(exact) / 10 forward+backward passes | {ratio(ex, floor)} |")
-    print(f"| reference loop (extrapolated) / fisher_diagonal(exact) | {wall[name] / wall[ex]:.0f} | "
-          f"{cpu[name] / cpu[ex]:.0f} | |")
+    print(
+        f"| reference loop (extrapolated) / fisher_diagonal(exact) | {wall[name] / wall[ex]:.0f} | "
+        f"{cpu[name] / cpu[ex]:.0f} | |"
+    )
 
     if backpack is not None and args.empirical_rounds > 0:
         focus = [em, dense, "BackPACK SumGradSquared"]
         times = {k: [] for k in focus}
         for r in range(args.empirical_rounds):
-            for name in (focus if r % 2 == 0 else focus[::-1]):
+            for name in focus if r % 2 == 0 else focus[::-1]:
                 t0 = time.perf_counter()
                 methods[name]()
                 times[name].append(time.perf_counter() - t0)
@@ -303,24 +334,35 @@ def main():
             paired = statistics.median(u / v for u, v in zip(times[a], times[b]))
             return f"{min(times[a]) / min(times[b]):.2f} | {p10[a] / p10[b]:.2f} | {paired:.2f}"
 
-        print(f"\nLonger interleaved run, {args.empirical_rounds} rounds of the three methods only (wall):\n\n"
-              "| ratio | min / min | 10th pct / 10th pct | median of per-round ratios |\n|---|---:|---:|---:|")
-        print(f"| fisher_diagonal(empirical) / BackPACK SumGradSquared (target <= 0.7) | "
-              f"{stats(em, 'BackPACK SumGradSquared')} |")
-        print(f"| same, zero-feature skipping off / BackPACK SumGradSquared | "
-              f"{stats(dense, 'BackPACK SumGradSquared')} |")
+        print(
+            f"\nLonger interleaved run, {args.empirical_rounds} rounds of the three methods only (wall):\n\n"
+            "| ratio | min / min | 10th pct / 10th pct | median of per-round ratios |\n|---|---:|---:|---:|"
+        )
+        print(
+            f"| fisher_diagonal(empirical) / BackPACK SumGradSquared (target <= 0.7) | "
+            f"{stats(em, 'BackPACK SumGradSquared')} |"
+        )
+        print(
+            f"| same, zero-feature skipping off / BackPACK SumGradSquared | {stats(dense, 'BackPACK SumGradSquared')} |"
+        )
         print(f"| fisher_diagonal(empirical) / same with zero-feature skipping off | {stats(em, dense)} |")
 
     if not args.no_cold:
         cold_warm(n, args.cold_runs)
 
     if not args.no_memory:
-        print("\nExact diagonal over all 60,000 training images (fresh subprocess each; peak RSS increase "
-              "during the call):\n")
+        print(
+            "\nExact diagonal over all 60,000 training images (fresh subprocess each; peak RSS increase "
+            "during the call):\n"
+        )
         print("| batch_size (chunk) | peak RSS increase (MiB) | wall (s) | CPU (s) |\n|---:|---:|---:|---:|")
         for chunk in (256, 1024, 4096):
-            out = subprocess.run([sys.executable, __file__, "--memory-child", "60000", str(chunk)],
-                                 capture_output=True, text=True, check=True).stdout.split()
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-child", "60000", str(chunk)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
             print(f"| {chunk} | {float(out[0]):.0f} | {float(out[1]):.1f} | {float(out[2]):.1f} |")
 
 

@@ -32,18 +32,20 @@ def use_book_style() -> None:
     :data:`BOOK_DPI`; the page scales each figure to the width of the column)."""
     import matplotlib as mpl
 
-    mpl.rcParams.update({
-        "figure.figsize": (6.4, 4.0),
-        "figure.dpi": BOOK_DPI,
-        "savefig.dpi": BOOK_DPI,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "font.size": 10,
-        "legend.frameon": False,
-        "image.cmap": "gray_r",
-    })
+    mpl.rcParams.update(
+        {
+            "figure.figsize": (6.4, 4.0),
+            "figure.dpi": BOOK_DPI,
+            "savefig.dpi": BOOK_DPI,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "font.size": 10,
+            "legend.frameon": False,
+            "image.cmap": "gray_r",
+        }
+    )
     from .claims import class_mode
 
     if class_mode():
@@ -65,19 +67,21 @@ def use_class_style() -> None:
     ``use_book_style`` calls it when ``EWC_CLASS=1`` (set by ``make lab``)."""
     import matplotlib as mpl
 
-    mpl.rcParams.update({
-        "figure.dpi": CLASS_DPI,
-        "savefig.dpi": CLASS_DPI,
-        "font.size": CLASS_FONT_SIZE,
-        "axes.titlesize": "medium",
-        "axes.labelsize": "medium",
-        "xtick.labelsize": "small",
-        "ytick.labelsize": "small",
-        "legend.fontsize": "small",
-        "lines.linewidth": 2.2,
-        "lines.markersize": 8,
-        "figure.hooks": ["ewc_lib.plotting:fit_class_box"],
-    })
+    mpl.rcParams.update(
+        {
+            "figure.dpi": CLASS_DPI,
+            "savefig.dpi": CLASS_DPI,
+            "font.size": CLASS_FONT_SIZE,
+            "axes.titlesize": "medium",
+            "axes.labelsize": "medium",
+            "xtick.labelsize": "small",
+            "ytick.labelsize": "small",
+            "legend.fontsize": "small",
+            "lines.linewidth": 2.2,
+            "lines.markersize": 8,
+            "figure.hooks": ["ewc_lib.plotting:fit_class_box"],
+        }
+    )
 
 
 def fit_class_box(fig) -> None:
@@ -119,8 +123,15 @@ def precision_ellipse(ax, mean, prec, *, n_std=(1,), alphas=None, **kwargs):
     patches = []
     for k, alpha in zip(n_std, alphas):
         extra = {} if alpha is None else {"alpha": alpha}
-        patch = Ellipse(np.asarray(mean, dtype=float), 2 * k * np.sqrt(vals[1]), 2 * k * np.sqrt(vals[0]),
-                        angle=angle, fill=False, **extra, **kwargs)
+        patch = Ellipse(
+            np.asarray(mean, dtype=float),
+            2 * k * np.sqrt(vals[1]),
+            2 * k * np.sqrt(vals[0]),
+            angle=angle,
+            fill=False,
+            **extra,
+            **kwargs,
+        )
         ax.add_patch(patch)
         patches.append(patch)
         kwargs.pop("label", None)

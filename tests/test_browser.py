@@ -22,7 +22,6 @@ import pathlib
 import shutil
 
 import pytest
-
 from browser_check import BrowserChecker, pages_of
 from conftest import ROOT, build_book, toc_docnames
 
@@ -32,8 +31,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="session")
 def book_html(built_book) -> pathlib.Path:
     if not (built_book.html / "index.html").is_file():
-        pytest.skip(f"the book build produced no HTML (exit {built_book.returncode}); "
-                    "see tests/test_book.py")
+        pytest.skip(f"the book build produced no HTML (exit {built_book.returncode}); see tests/test_book.py")
     return built_book.html
 
 
@@ -127,9 +125,12 @@ def test_bibliography_every_entry_links_out(checker, book_html):
     unlinked = [e["text"] for e in found["entries"] if not e["links"]]
     assert not unlinked, f"bibliography entries without a link: {unlinked}"
     links = {h for e in found["entries"] for h in e["links"]}
-    for expected in ("https://doi.org/10.1073/pnas.1611835114", "https://arxiv.org/abs/1612.00796",
-                     "https://arxiv.org/abs/1905.12558",
-                     "https://github.com/fKunstner/limitations-empirical-fisher"):
+    for expected in (
+        "https://doi.org/10.1073/pnas.1611835114",
+        "https://arxiv.org/abs/1612.00796",
+        "https://arxiv.org/abs/1905.12558",
+        "https://github.com/fKunstner/limitations-empirical-fisher",
+    ):
         assert expected in links, f"{expected} not linked from the bibliography"
 
 
@@ -211,8 +212,7 @@ def _tiny_book(folder: pathlib.Path, config_text: str) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def tiny_repo_config_html(tmp_path_factory):
     """The tiny page built with the repository's own _config.yml."""
-    return _tiny_book(tmp_path_factory.mktemp("tiny") / "repo_config",
-                      (ROOT / "_config.yml").read_text())
+    return _tiny_book(tmp_path_factory.mktemp("tiny") / "repo_config", (ROOT / "_config.yml").read_text())
 
 
 def test_checker_fails_on_stock_config(tmp_path, chromium):
@@ -258,31 +258,45 @@ def test_checker_fails_on_broken_image(tiny_repo_config_html, tmp_path, chromium
     assert any(p.startswith("broken image") for p in report.problems), report.summary()
 
 
-@pytest.mark.parametrize("injected,expected", [
-    ('<img src="https://example.org/remote.png">', "blocked request outside the build folder"),
-    ('<link rel="stylesheet" href="https://fonts.example.org/font.css">', "blocked request"),
-    ('<script>throw new Error("boom");</script>', "page error: boom"),
-    ('<script>console.error("something broke");</script>', "console error: something broke"),
-    ('<img src="_images/does_not_exist.png">', "broken image"),
-    (r'<span class="math notranslate nohighlight">\(\frac{1}\)</span>', "mjx-merror"),
-    ('<p>left over $$x$$ text</p>', "raw TeX $$"),
-    ('<p>see <a href="#">Why practice uses a much larger \\lambda</a></p>', "raw TeX \\lambda"),
-    # layout: what a reader would see cut off, at desktop width and on a phone
-    ('<pre style="white-space: pre">x = 1  # ' + "a long comment " * 12 + '</pre>',
-     "code line wider than its block at 1280 px"),
-    (r'<div class="math notranslate nohighlight">\[' + " + ".join(f"a_{{{i}}} b_{{{i}}}" for i in range(40))
-     + r'\]</div>', "equation wider than its box at 1280 px"),
-    ('<div style="width: 1400px">a box wider than the column</div>', "cut off at 1280 px"),
-    ('<div style="width: 600px">a box that fits a desktop column, not a phone</div>',
-     "page scrolls sideways at 390 px"),
-    ('<style>div.math mjx-container { box-shadow: none !important; }</style>',
-     "equation not visibly scrollable at 390 px"),
-    ('<style>span.math { overflow: hidden !important; }</style>', "cut off at 390 px"),
-    ('<style>span.math { box-shadow: none !important; }</style>',
-     "equation not visibly scrollable at 390 px: inline formula"),
-])
-def test_checker_fails_on_injected_fault(tiny_repo_config_html, tmp_path, chromium, injected,
-                                         expected):
+@pytest.mark.parametrize(
+    "injected,expected",
+    [
+        ('<img src="https://example.org/remote.png">', "blocked request outside the build folder"),
+        ('<link rel="stylesheet" href="https://fonts.example.org/font.css">', "blocked request"),
+        ('<script>throw new Error("boom");</script>', "page error: boom"),
+        ('<script>console.error("something broke");</script>', "console error: something broke"),
+        ('<img src="_images/does_not_exist.png">', "broken image"),
+        (r'<span class="math notranslate nohighlight">\(\frac{1}\)</span>', "mjx-merror"),
+        ("<p>left over $$x$$ text</p>", "raw TeX $$"),
+        ('<p>see <a href="#">Why practice uses a much larger \\lambda</a></p>', "raw TeX \\lambda"),
+        # layout: what a reader would see cut off, at desktop width and on a phone
+        (
+            '<pre style="white-space: pre">x = 1  # ' + "a long comment " * 12 + "</pre>",
+            "code line wider than its block at 1280 px",
+        ),
+        (
+            r'<div class="math notranslate nohighlight">\['
+            + " + ".join(f"a_{{{i}}} b_{{{i}}}" for i in range(40))
+            + r"\]</div>",
+            "equation wider than its box at 1280 px",
+        ),
+        ('<div style="width: 1400px">a box wider than the column</div>', "cut off at 1280 px"),
+        (
+            '<div style="width: 600px">a box that fits a desktop column, not a phone</div>',
+            "page scrolls sideways at 390 px",
+        ),
+        (
+            "<style>div.math mjx-container { box-shadow: none !important; }</style>",
+            "equation not visibly scrollable at 390 px",
+        ),
+        ("<style>span.math { overflow: hidden !important; }</style>", "cut off at 390 px"),
+        (
+            "<style>span.math { box-shadow: none !important; }</style>",
+            "equation not visibly scrollable at 390 px: inline formula",
+        ),
+    ],
+)
+def test_checker_fails_on_injected_fault(tiny_repo_config_html, tmp_path, chromium, injected, expected):
     html = _broken_copy(tiny_repo_config_html, tmp_path)
     page = html / "intro.html"
     text = page.read_text()
@@ -312,8 +326,7 @@ def test_checker_refuses_files_outside_the_build(tiny_repo_config_html, tmp_path
     outside = tmp_path / "outside.png"
     shutil.copy(next((html / "_images").glob("*.png")), outside)
     page = html / "intro.html"
-    page.write_text(page.read_text().replace(
-        'id="tiny">', f'id="tiny"><img src="{outside.as_uri()}">', 1))
+    page.write_text(page.read_text().replace('id="tiny">', f'id="tiny"><img src="{outside.as_uri()}">', 1))
     with BrowserChecker(html, browser=chromium) as c:
         report = c.check(page)
     assert any(outside.as_uri() in p and "blocked" in p for p in report.problems), report.summary()

@@ -31,7 +31,6 @@ import time
 
 import pytest
 import yaml
-
 from conftest import EXECUTED_NOTEBOOKS, ROOT, book_output_root
 
 NOTEBOOK_READ_FMT = {"type": "plugin", "name": "myst_nb_md"}  # what myst-nb records
@@ -79,8 +78,9 @@ def read_like_myst_nb(path: pathlib.Path):
 
     extensions = book_config().get("parse", {}).get("myst_enable_extensions", [])
     md_config = dc.replace(MdParserConfig(), enable_extensions=set(extensions))
-    return read_myst_markdown_notebook(path.read_text(encoding="utf-8"), config=md_config,
-                                       add_source_map=True, path=str(path))
+    return read_myst_markdown_notebook(
+        path.read_text(encoding="utf-8"), config=md_config, add_source_map=True, path=str(path)
+    )
 
 
 def cache_path() -> pathlib.Path:
@@ -106,8 +106,9 @@ def execute_and_cache(path: pathlib.Path) -> NotebookRun:
 
     nb = read_like_myst_nb(path)
     t0 = time.perf_counter()
-    result = single_nb_execution(nb, cwd=str(path.parent), timeout=cell_timeout(),
-                                 allow_errors=False, meta_override=True)
+    result = single_nb_execution(
+        nb, cwd=str(path.parent), timeout=cell_timeout(), allow_errors=False, meta_override=True
+    )
     seconds = time.perf_counter() - t0
     if result.err is not None:
         message = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(result.err).__name__}: {result.err}")
@@ -115,8 +116,8 @@ def execute_and_cache(path: pathlib.Path) -> NotebookRun:
     cache = get_cache(str(cache_path()))
     record = cache.add_nb_to_project(str(path), read_data=NOTEBOOK_READ_FMT)
     cache.cache_notebook_bundle(
-        CacheBundleIn(nb, record.uri, data={"execution_seconds": result.time}),
-        check_validity=False, overwrite=True)
+        CacheBundleIn(nb, record.uri, data={"execution_seconds": result.time}), check_validity=False, overwrite=True
+    )
     return NotebookRun(path, seconds, None)
 
 
@@ -141,6 +142,5 @@ def test_notebook_executes(path):
     rel = path.relative_to(ROOT).as_posix()
     print(f"{rel}: executed in {run.seconds:.1f} s wall")
     if run.error is not None:
-        pytest.fail(f"notebook {rel} failed (after {run.seconds:.0f} s):\n{run.error}",
-                    pytrace=False)
+        pytest.fail(f"notebook {rel} failed (after {run.seconds:.0f} s):\n{run.error}", pytrace=False)
     EXECUTED_NOTEBOOKS.add(path.resolve())
