@@ -48,3 +48,48 @@ def test_unknown_method_is_an_error():
         text=True,
     )
     assert out.returncode != 0 and "--methods: unknown ['bogus']" in out.stderr
+
+
+def test_merge_runs_adds_missing_runs_keeping_their_commit(tool, tmp_path):
+    import json
+
+    from ewc_lib.experiments import CONFIGS, merge_runs, records
+
+    def run(seed, square, commit):
+        return {
+            "seed": seed,
+            "square": square,
+            "commit": commit,
+            "cpu_seconds": 10.0,
+            "checkpoint": {"step": 300, "params": {}},
+        }
+
+    def file(runs, finished):
+        return {
+            "provenance": {
+                "command": "c",
+                "commit": "a" * 40,
+                "finished": finished,
+                "cpu_seconds": 10.0 * len(runs),
+                "torch": "t",
+                "threads": 1,
+            },
+            "config": dict(CONFIGS["fig2c"]),
+            "search": None,
+            "runs": runs,
+        }
+
+    (tmp_path / "fig2c.json").write_text(json.dumps(file([run(0, 8, "a" * 40)], "2026-01-01")))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(file([run(0, 8, "a" * 40), run(0, 26, "b" * 40)], "2026-02-01")))
+    assert merge_runs("fig2c", other) == [(0, 26)]
+    data = json.loads((tmp_path / "fig2c.json").read_text())
+    assert {r["square"]: r["commit"][0] for r in data["runs"]} == {8: "a", 26: "b"}
+    assert data["provenance"]["cpu_seconds"] == 20.0 and data["provenance"]["finished"] == "2026-02-01"
+    assert merge_runs("fig2c", other) == []  # nothing twice
+    bad = json.loads(other.read_text())
+    bad["config"]["lr"] = 1.0
+    other.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="config differs"):
+        merge_runs("fig2c", other)
+    assert records.RESULTS_DIR == tmp_path

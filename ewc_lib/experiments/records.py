@@ -228,6 +228,39 @@ def write_chosen_lambdas(figure: str) -> dict | None:
         return data["config"].get("lam")
 
 
+def _run_key(run: dict) -> tuple:
+    return run["seed"], run.get("method", run.get("square"))
+
+
+def merge_runs(figure: str, other_path) -> list[tuple]:
+    """Add to the results file the runs of another file of the same figure that it lacks.
+
+    For work shared between machines or results directories (``EWC_RESULTS_DIR``): each run
+    keeps the commit it was recorded with, and its CPU seconds are added to the provenance.
+    The two files must have the same config (apart from the derived ``lam``). Returns the
+    ``(seed, method or square)`` of the runs added.
+    """
+    other = json.loads(pathlib.Path(other_path).read_text())
+    if not _same_config(other["config"], figure):
+        raise ValueError(f"{other_path}: config differs from CONFIGS[{figure!r}]")
+    for run in other["runs"]:
+        if "commit" not in run or "checkpoint" not in run:
+            raise ValueError(f"{other_path}: run {_run_key(run)} lacks 'commit' or 'checkpoint'")
+    with _locked(figure):
+        data = _read_or_new(figure, "")
+        have = {_run_key(r) for r in data["runs"]}
+        added = [r for r in other["runs"] if _run_key(r) not in have]
+        if not added:
+            return []
+        data["runs"] = sorted(data["runs"] + added, key=lambda r: (r["seed"], str(_run_key(r)[1])))
+        prov = data["provenance"]
+        prov["cpu_seconds"] = round(prov["cpu_seconds"] + sum(float(r.get("cpu_seconds", 0.0)) for r in added), 1)
+        prov["finished"] = max(prov["finished"], other["provenance"]["finished"])
+        _set_lam(figure, data)
+        _write(figure, data)
+    return [_run_key(r) for r in added]
+
+
 def existing(figure: str) -> dict:
     """The current contents of a results file (or an empty record)."""
     with _locked(figure):
