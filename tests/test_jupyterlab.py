@@ -30,6 +30,8 @@ budget of ``RUN_BUDGET_S`` seconds to finish (a hung kernel fails that notebook 
 CI run), which keeps this module well inside CI's 90 minutes. One more server, on a copy of a
 notebook (and ``notebooks/jupytext.toml``) in a temporary folder, runs it, edits one line and
 saves: exactly that line of the file changes (no header, caption, output or metadata).
+Another runs a notebook with a setting changed so that a claim breaks: the claim is reported
+in a table and the notebook runs to its end.
 """
 
 from __future__ import annotations
@@ -418,3 +420,33 @@ def test_saving_an_edit_changes_only_that_line(chromium, tmp_path):
     ]
     assert len(diff) == 2 and diff[0].startswith("-") and diff[1].startswith("+"), diff
     assert diff[1] == diff[0].replace("-", "+", 1) + "  # edited in class", diff
+
+
+@pytest.mark.browser
+def test_changed_setting_reports_claims_and_the_lecture_goes_on(chromium, tmp_path):
+    """In class, a setting that breaks a claim does not stop the notebook: the claim cell shows
+    a table with the claim that does not hold, and every later cell runs. Here Figure 1 of
+    kunstner_figures.md runs 100 steps instead of 50,000, so the empirical-Fisher paths have
+    not yet bent away from the straight line (the claim "every EF path strays by more than
+    5 %" fails)."""
+    name = "kunstner_figures.md"
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    text = (ROOT / "notebooks" / name).read_text(encoding="utf-8")
+    assert text.count("NUM_STEPS = 50_000") == 1
+    (folder / name).write_text(text.replace("NUM_STEPS = 50_000", "NUM_STEPS = 100"))
+    shutil.copy(ROOT / "notebooks" / "jupytext.toml", folder / "jupytext.toml")
+    with _lab(folder, tmp_path / "home") as base:
+        outside = []
+        context = chromium.new_context(viewport=VIEWPORT)
+        try:
+            page, _ = _open(context, base, name, outside)
+            _run_all(page)
+            out = page.evaluate(_OUTPUTS_JS)
+            rendered = "\n".join(page.evaluate(_RENDERED_JS))
+        finally:
+            context.close()
+    assert not out["errors"], "the notebook stopped:\n" + "\n---\n".join(out["errors"])
+    assert "does not hold" in rendered, "no claim reported as failing"
+    assert "claims hold at these settings" in rendered
+    assert not re.findall(r"glued\([^)]*\)|run the cells above", rendered)
