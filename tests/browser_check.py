@@ -444,7 +444,8 @@ class BrowserChecker:
 
     def search(self, query: str) -> tuple:
         """Run the book's search page for ``query`` from ``file://``; return its
-        :class:`PageReport` and what it listed: ``{"results": n, "excerpts": n}``."""
+        :class:`PageReport` and what it listed: ``{"results": n, "excerpts": n, "described": n}``
+        (API objects carry Sphinx's description in place of an excerpt)."""
         found = {}
         search_page = self.html_root / "search.html"
 
@@ -466,10 +467,17 @@ _SEARCH_DONE = """() => {
   return document.querySelectorAll("#search-results ul.search li").length > 0
       || (status && /did not match|found/i.test(status.textContent));
 }"""
-_SEARCH_RESULTS = """() => ({
-  results: document.querySelectorAll("#search-results ul.search li").length,
-  excerpts: document.querySelectorAll("#search-results ul.search li .context").length,
-})"""
+_SEARCH_RESULTS = """() => {
+  const items = [...document.querySelectorAll("#search-results ul.search li")];
+  // Sphinx gives an API object (a function of the API page) a description, not an excerpt.
+  const described = items.filter(
+    (li) => !li.querySelector(".context") && /^ \\(.+\\)$/.test(li.querySelector(":scope > span")?.textContent || ""));
+  return {
+    results: items.length,
+    excerpts: items.filter((li) => li.querySelector(".context")).length,
+    described: described.length,
+  };
+}"""
 
 
 def check_pages(html_root, pages=None, **kwargs) -> list[PageReport]:
