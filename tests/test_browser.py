@@ -314,7 +314,7 @@ def test_search_excerpts_need_the_offline_texts(tiny_repo_config_html, tmp_path,
     (the browser refuses fetch() from file://); with it, the excerpt is there."""
     with BrowserChecker(tiny_repo_config_html, browser=chromium) as c:
         _, found = c.search("display equation")
-    assert found == {"results": 1, "excerpts": 1}, found
+    assert found == {"results": 1, "excerpts": 1, "described": 0}, found
     html = _broken_copy(tiny_repo_config_html, tmp_path)
     (html / "_static" / "ewc-search-texts.js").write_text("window.EWC_SEARCH_TEXTS = {};\n")
     with BrowserChecker(html, browser=chromium) as c:
