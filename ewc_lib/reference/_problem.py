@@ -16,7 +16,7 @@ from torch import nn
 
 
 @contextmanager
-def _eval_mode(model):
+def eval_mode(model):
     """Eval mode and autograd on for the duration; modes and requires_grad flags restored."""
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -31,7 +31,7 @@ def _eval_mode(model):
             p.requires_grad_(flag)
 
 
-def _nll(f, y, likelihood, sigma2):
+def nll(f, y, likelihood, sigma2):
     """-log p(y | f) per example, shape (n,), written so that autograd's derivatives are accurate.
 
     Categorical, one row at a time, with ``m`` the most probable class:
@@ -71,7 +71,7 @@ def _inference_safe(t):
     return t
 
 
-class _Problem:
+class Problem:
     """The checked arguments of a loop: model, inputs, likelihood, sigma2 (and targets on demand)."""
 
     def __init__(self, model, inputs, likelihood, sigma2):
@@ -103,7 +103,7 @@ class _Problem:
                 raise ValueError(f"model: parameter {name!r} contains NaN or inf")
         self.inputs, self.n = _inference_safe(inputs), inputs.shape[0]
         self.numel = sum(p.numel() for _, p in self.named)
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             try:
                 out = model(self.inputs[:1])
             except RuntimeError as err:
@@ -121,7 +121,7 @@ class _Problem:
 
     def outputs(self, x):
         """model(x), checked to be finite."""
-        return _finite_outputs(self.model(x))
+        return finite_outputs(self.model(x))
 
     def check_targets(self, targets):
         n, c = self.n, self.out_dim
@@ -149,23 +149,23 @@ class _Problem:
         return targets.reshape(n, c).to(self.dtype)
 
 
-def _finite_outputs(f):
+def finite_outputs(f):
     if not torch.isfinite(f).all():
         raise ValueError("model: its outputs are not finite (NaN or inf)")
     return f
 
 
-def _flat_grad(scalar, params, create_graph=False, retain_graph=None):
+def flat_grad(scalar, params, create_graph=False, retain_graph=None):
     grads = torch.autograd.grad(scalar, params, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
 
 
-def _log_lik(setup, x_n, y_n):
+def log_lik(setup, x_n, y_n):
     """log p(y_n | x_n) for ONE example (x_n with a batch axis of 1)."""
-    return -_nll(setup.outputs(x_n), y_n, setup.likelihood, setup.sigma2).sum()
+    return -nll(setup.outputs(x_n), y_n, setup.likelihood, setup.sigma2).sum()
 
 
-def _outcomes(setup, x_n):
+def outcomes(setup, x_n):
     """All outcomes y of one example with their probabilities (categorical, bernoulli)."""
     with torch.no_grad():
         f = setup.outputs(x_n)[0]
@@ -176,7 +176,7 @@ def _outcomes(setup, x_n):
     return [(s, torch.ones(1, 1, dtype=f.dtype)), (not_s, torch.zeros(1, 1, dtype=f.dtype))]
 
 
-def _weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
+def weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
     """Yield (w, g) with the Fisher estimator equal to sum of w g g^T (g a flat score)."""
     params = [p for _, p in setup.named]
     n_data = setup.n
@@ -187,32 +187,32 @@ def _weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
         batch_size = _number("batch_size", batch_size, integer=True)
         for lo in range(0, n_data, batch_size):
             hi = min(lo + batch_size, n_data)
-            g = sum(_flat_grad(_log_lik(setup, x[n : n + 1], targets[n : n + 1]), params) for n in range(lo, hi))
+            g = sum(flat_grad(log_lik(setup, x[n : n + 1], targets[n : n + 1]), params) for n in range(lo, hi))
             yield (hi - lo) / n_data, g / (hi - lo)
         return
     for n in range(n_data):
         xn = x[n : n + 1]
         if estimator == "empirical":
-            yield 1.0 / n_data, _flat_grad(_log_lik(setup, xn, targets[n : n + 1]), params)
+            yield 1.0 / n_data, flat_grad(log_lik(setup, xn, targets[n : n + 1]), params)
         elif estimator == "mc":
             s_count = sampled_targets.shape[1]
             for s in range(s_count):
                 y = sampled_targets[n : n + 1, s]
                 if setup.likelihood == "bernoulli":
                     y = y.reshape(1, 1)
-                yield 1.0 / (n_data * s_count), _flat_grad(_log_lik(setup, xn, y), params)
+                yield 1.0 / (n_data * s_count), flat_grad(log_lik(setup, xn, y), params)
         elif setup.likelihood == "gaussian":
             # score (y - f)/sigma2 J has covariance J^T J / sigma2: sum over output coordinates
             f = setup.outputs(xn)[0]
             for d in range(f.shape[0]):
-                yield 1.0 / (n_data * setup.sigma2), _flat_grad(f[d], params, retain_graph=True)
+                yield 1.0 / (n_data * setup.sigma2), flat_grad(f[d], params, retain_graph=True)
         else:
-            for prob, y in _outcomes(setup, xn):
-                yield prob / n_data, _flat_grad(_log_lik(setup, xn, y), params)
+            for prob, y in outcomes(setup, xn):
+                yield prob / n_data, flat_grad(log_lik(setup, xn, y), params)
 
 
-def _prepare(model, inputs, likelihood, sigma2, estimator, targets, sampled_targets):
-    setup = _Problem(model, inputs, likelihood, sigma2)
+def prepare(model, inputs, likelihood, sigma2, estimator, targets, sampled_targets):
+    setup = Problem(model, inputs, likelihood, sigma2)
     if estimator not in ("exact", "mc", "empirical", "batched_empirical"):
         raise ValueError(f"estimator: expected exact, mc, empirical or batched_empirical, got {estimator!r}")
     if estimator in ("empirical", "batched_empirical"):

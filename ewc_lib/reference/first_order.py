@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn  # noqa: F401  (the docstring examples use nn)
 
-from ._problem import _eval_mode, _flat_grad, _log_lik, _prepare, _Problem, _weighted_scores
+from ._problem import Problem, eval_mode, flat_grad, log_lik, prepare, weighted_scores
 
 __all__ = ["per_example_scores", "fisher_matrix_loop", "fisher_diagonal_loop"]
 
@@ -38,10 +38,10 @@ def fisher_matrix_loop(
     >>> torch.allclose(fisher_matrix_loop(net, x), ewc_lib.fisher_matrix(net, x))
     True
     """
-    setup, targets, sampled_targets = _prepare(model, inputs, likelihood, sigma2, estimator, targets, sampled_targets)
-    with _eval_mode(model):
+    setup, targets, sampled_targets = prepare(model, inputs, likelihood, sigma2, estimator, targets, sampled_targets)
+    with eval_mode(model):
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
-        for w, g in _weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
+        for w, g in weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
             acc += w * torch.outer(g, g)
         return acc.detach()
 
@@ -68,10 +68,10 @@ def fisher_diagonal_loop(
     >>> all(torch.allclose(d[k], v) for k, v in ewc_lib.fisher_diagonal(net, x).items())
     True
     """
-    setup, targets, sampled_targets = _prepare(model, inputs, likelihood, sigma2, estimator, targets, sampled_targets)
-    with _eval_mode(model):
+    setup, targets, sampled_targets = prepare(model, inputs, likelihood, sigma2, estimator, targets, sampled_targets)
+    with eval_mode(model):
         acc = torch.zeros(setup.numel, dtype=setup.dtype)
-        for w, g in _weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
+        for w, g in weighted_scores(setup, estimator, targets, sampled_targets, batch_size):
             acc += w * g.detach() ** 2
         out, i = {}, 0
         for name, p in setup.named:
@@ -90,11 +90,11 @@ def per_example_scores(model, inputs, targets, *, likelihood="categorical", sigm
     >>> per_example_scores(net, torch.randn(4, 2, dtype=torch.float64), torch.tensor([0, 1, 2, 0])).shape
     torch.Size([4, 9])
     """
-    setup = _Problem(model, inputs, likelihood, sigma2)
+    setup = Problem(model, inputs, likelihood, sigma2)
     targets = setup.check_targets(targets)
-    with _eval_mode(model):
+    with eval_mode(model):
         params = [p for _, p in setup.named]
         x = setup.inputs
         return torch.stack(
-            [_flat_grad(_log_lik(setup, x[n : n + 1], targets[n : n + 1]), params).detach() for n in range(setup.n)]
+            [flat_grad(log_lik(setup, x[n : n + 1], targets[n : n + 1]), params).detach() for n in range(setup.n)]
         )

@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn  # noqa: F401  (the docstring examples use nn)
 
-from ._problem import _eval_mode, _finite_outputs, _flat_grad, _log_lik, _nll, _outcomes, _Problem
+from ._problem import Problem, eval_mode, finite_outputs, flat_grad, log_lik, nll, outcomes
 
 __all__ = ["hessian_loop", "expected_hessian_loop", "jacobian_loop", "ggn_loop", "residual_term_loop"]
 
 
 def _hessian_rows(scalar, params):
-    g = _flat_grad(scalar, params, create_graph=True)
+    g = flat_grad(scalar, params, create_graph=True)
     if not g.requires_grad:  # the gradient does not depend on the parameters (e.g. linear outputs)
         return torch.zeros(g.numel(), g.numel(), dtype=g.dtype)
-    return torch.stack([_flat_grad(g[i], params, retain_graph=True) for i in range(g.numel())]).detach()
+    return torch.stack([flat_grad(g[i], params, retain_graph=True) for i in range(g.numel())]).detach()
 
 
 def hessian_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0):
@@ -28,13 +28,13 @@ def hessian_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0
     >>> torch.allclose(hessian_loop(net, x, y), ewc_lib.hessian(net, x, y))
     True
     """
-    setup = _Problem(model, inputs, likelihood, sigma2)
+    setup = Problem(model, inputs, likelihood, sigma2)
     targets = setup.check_targets(targets)
-    with _eval_mode(model):
+    with eval_mode(model):
         params = [p for _, p in setup.named]
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         for n in range(setup.n):
-            acc -= _hessian_rows(_log_lik(setup, setup.inputs[n : n + 1], targets[n : n + 1]), params)
+            acc -= _hessian_rows(log_lik(setup, setup.inputs[n : n + 1], targets[n : n + 1]), params)
         return acc / setup.n
 
 
@@ -55,8 +55,8 @@ def expected_hessian_loop(model, inputs, *, likelihood="categorical", sigma2=1.0
     >>> torch.allclose(expected_hessian_loop(net, x), ewc_lib.fisher_matrix(net, x))
     True
     """
-    setup = _Problem(model, inputs, likelihood, sigma2)
-    with _eval_mode(model):
+    setup = Problem(model, inputs, likelihood, sigma2)
+    with eval_mode(model):
         params = [p for _, p in setup.named]
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         for n in range(setup.n):
@@ -64,10 +64,10 @@ def expected_hessian_loop(model, inputs, *, likelihood="categorical", sigma2=1.0
             if likelihood == "gaussian":
                 with torch.no_grad():
                     y = setup.outputs(xn)
-                acc -= _hessian_rows(_log_lik(setup, xn, y), params)
+                acc -= _hessian_rows(log_lik(setup, xn, y), params)
             else:
-                for prob, y in _outcomes(setup, xn):
-                    acc -= prob * _hessian_rows(_log_lik(setup, xn, y), params)
+                for prob, y in outcomes(setup, xn):
+                    acc -= prob * _hessian_rows(log_lik(setup, xn, y), params)
         return acc / setup.n
 
 
@@ -76,8 +76,8 @@ def jacobian_loop(model, x_n, params):
 
     Book: :ref:`sec-fisher-identities`.
     """
-    f = _finite_outputs(model(x_n))[0]
-    return torch.stack([_flat_grad(f[c], params, retain_graph=True) for c in range(f.shape[0])]).detach()
+    f = finite_outputs(model(x_n))[0]
+    return torch.stack([flat_grad(f[c], params, retain_graph=True) for c in range(f.shape[0])]).detach()
 
 
 def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
@@ -95,8 +95,8 @@ def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
     >>> torch.allclose(ggn_loop(net, x), ewc_lib.ggn(net, x))
     True
     """
-    setup = _Problem(model, inputs, likelihood, sigma2)
-    with _eval_mode(model):
+    setup = Problem(model, inputs, likelihood, sigma2)
+    with eval_mode(model):
         params = [p for _, p in setup.named]
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         for n in range(setup.n):
@@ -108,7 +108,7 @@ def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
                 y = torch.zeros(1, dtype=torch.long)
             else:
                 y = torch.zeros_like(f)
-            lam = torch.autograd.functional.hessian(lambda ff: _nll(ff, y, likelihood, setup.sigma2).sum(), f)
+            lam = torch.autograd.functional.hessian(lambda ff: nll(ff, y, likelihood, setup.sigma2).sum(), f)
             lam = lam.reshape(f.shape[1], f.shape[1])
             acc += J.T @ lam @ J
         return acc / setup.n
@@ -130,9 +130,9 @@ def residual_term_loop(model, inputs, targets, *, likelihood="categorical", sigm
     >>> torch.allclose(H, ewc_lib.ggn(net, x, likelihood="gaussian") + R)
     True
     """
-    setup = _Problem(model, inputs, likelihood, sigma2)
+    setup = Problem(model, inputs, likelihood, sigma2)
     targets = setup.check_targets(targets)
-    with _eval_mode(model):
+    with eval_mode(model):
         params = [p for _, p in setup.named]
         acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
         for n in range(setup.n):
@@ -140,7 +140,7 @@ def residual_term_loop(model, inputs, targets, *, likelihood="categorical", sigm
             with torch.no_grad():
                 f0 = setup.outputs(xn)
             f0 = f0.clone().requires_grad_(True)
-            r = torch.autograd.grad(_nll(f0, targets[n : n + 1], likelihood, setup.sigma2).sum(), f0)[0][0]
+            r = torch.autograd.grad(nll(f0, targets[n : n + 1], likelihood, setup.sigma2).sum(), f0)[0][0]
             for k in range(r.numel()):
                 f = setup.outputs(xn)[0]
                 acc += r[k] * _hessian_rows(f[k], params)
