@@ -13,26 +13,7 @@ import torch
 from torch import nn
 
 from ewc_lib.models import mlp
-
-#: Identities between different float64 routes (outer products, second derivatives, J^T L J):
-#: observed round-off is ~1e-15 relative; 1e-10 leaves room without hiding real errors.
-EXACT_RTOL = 1e-10
-
-
-def assert_close(actual, expected, rtol=EXACT_RTOL, what="", scale=None):
-    """Compare relative to the largest |expected| entry (or to ``scale``); the message says
-    where and by how much."""
-    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    scale = expected.abs().max().clamp_min(1e-300) if scale is None else torch.as_tensor(scale)
-    err = (actual - expected).abs()
-    worst = int(err.argmax()) if err.numel() else 0
-    rel = (err.max() / scale).item() if err.numel() else 0.0
-    assert rel <= rtol, (
-        f"{what}: max |difference| / max |expected| = {rel:.3e} > {rtol:.0e} at flat index {worst} "
-        f"(actual {actual.reshape(-1)[worst].item():.6e}, expected {expected.reshape(-1)[worst].item():.6e}); "
-        f"{int((err > rtol * scale).sum())} of {err.numel()} entries off"
-    )
+from ewc_lib.testing import EXACT_RTOL, assert_close  # noqa: F401  (the tests import them from here)
 
 
 def gen(seed=0):
