@@ -17,6 +17,16 @@ def _hessian_rows(scalar, params):
     return torch.stack([flat_grad(g[i], params, retain_graph=True) for i in range(g.numel())]).detach()
 
 
+def _mean_over_examples(model, setup, term):
+    """``(1/N) sum_n term(n, x_n, params)`` for ``(P, P)`` terms, with the model in eval mode."""
+    with eval_mode(model):
+        params = [p for _, p in setup.named]
+        acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
+        for n in range(setup.n):
+            acc += term(n, setup.inputs[n : n + 1], params)
+        return acc / setup.n
+
+
 def hessian_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0):
     """Hessian of the mean NLL, ``(P, P)``, one double-backward per example and row.
 
@@ -30,12 +40,11 @@ def hessian_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0
     """
     setup = Problem(model, inputs, likelihood, sigma2)
     targets = setup.check_targets(targets)
-    with eval_mode(model):
-        params = [p for _, p in setup.named]
-        acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
-        for n in range(setup.n):
-            acc -= _hessian_rows(log_lik(setup, setup.inputs[n : n + 1], targets[n : n + 1]), params)
-        return acc / setup.n
+
+    def term(n, xn, params):
+        return -_hessian_rows(log_lik(setup, xn, targets[n : n + 1]), params)
+
+    return _mean_over_examples(model, setup, term)
 
 
 def expected_hessian_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
@@ -56,19 +65,15 @@ def expected_hessian_loop(model, inputs, *, likelihood="categorical", sigma2=1.0
     True
     """
     setup = Problem(model, inputs, likelihood, sigma2)
-    with eval_mode(model):
-        params = [p for _, p in setup.named]
-        acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
-        for n in range(setup.n):
-            xn = setup.inputs[n : n + 1]
-            if likelihood == "gaussian":
-                with torch.no_grad():
-                    y = setup.outputs(xn)
-                acc -= _hessian_rows(log_lik(setup, xn, y), params)
-            else:
-                for prob, y in outcomes(setup, xn):
-                    acc -= prob * _hessian_rows(log_lik(setup, xn, y), params)
-        return acc / setup.n
+
+    def term(n, xn, params):
+        if likelihood == "gaussian":
+            with torch.no_grad():
+                y = setup.outputs(xn)
+            return -_hessian_rows(log_lik(setup, xn, y), params)
+        return -sum(prob * _hessian_rows(log_lik(setup, xn, y), params) for prob, y in outcomes(setup, xn))
+
+    return _mean_over_examples(model, setup, term)
 
 
 def jacobian_loop(model, x_n, params):
@@ -96,22 +101,17 @@ def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
     True
     """
     setup = Problem(model, inputs, likelihood, sigma2)
-    with eval_mode(model):
-        params = [p for _, p in setup.named]
-        acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
-        for n in range(setup.n):
-            xn = setup.inputs[n : n + 1]
-            J = jacobian_loop(model, xn, params)
-            with torch.no_grad():
-                f = setup.outputs(xn)
-            if likelihood == "categorical":
-                y = torch.zeros(1, dtype=torch.long)
-            else:
-                y = torch.zeros_like(f)
-            lam = torch.autograd.functional.hessian(lambda ff: nll(ff, y, likelihood, setup.sigma2).sum(), f)
-            lam = lam.reshape(f.shape[1], f.shape[1])
-            acc += J.T @ lam @ J
-        return acc / setup.n
+
+    def term(n, xn, params):
+        J = jacobian_loop(model, xn, params)
+        with torch.no_grad():
+            f = setup.outputs(xn)
+        y = torch.zeros(1, dtype=torch.long) if likelihood == "categorical" else torch.zeros_like(f)
+        lam = torch.autograd.functional.hessian(lambda ff: nll(ff, y, likelihood, setup.sigma2).sum(), f)
+        lam = lam.reshape(f.shape[1], f.shape[1])
+        return J.T @ lam @ J
+
+    return _mean_over_examples(model, setup, term)
 
 
 def residual_term_loop(model, inputs, targets, *, likelihood="categorical", sigma2=1.0):
@@ -132,16 +132,13 @@ def residual_term_loop(model, inputs, targets, *, likelihood="categorical", sigm
     """
     setup = Problem(model, inputs, likelihood, sigma2)
     targets = setup.check_targets(targets)
-    with eval_mode(model):
-        params = [p for _, p in setup.named]
-        acc = torch.zeros(setup.numel, setup.numel, dtype=setup.dtype)
-        for n in range(setup.n):
-            xn = setup.inputs[n : n + 1]
-            with torch.no_grad():
-                f0 = setup.outputs(xn)
-            f0 = f0.clone().requires_grad_(True)
-            r = torch.autograd.grad(nll(f0, targets[n : n + 1], likelihood, setup.sigma2).sum(), f0)[0][0]
-            for k in range(r.numel()):
-                f = setup.outputs(xn)[0]
-                acc += r[k] * _hessian_rows(f[k], params)
-        return acc / setup.n
+
+    def term(n, xn, params):
+        with torch.no_grad():
+            f0 = setup.outputs(xn)
+        f0 = f0.clone().requires_grad_(True)
+        r = torch.autograd.grad(nll(f0, targets[n : n + 1], likelihood, setup.sigma2).sum(), f0)[0][0]
+        f = setup.outputs(xn)[0]
+        return sum(r[k] * _hessian_rows(f[k], params) for k in range(r.numel()))
+
+    return _mean_over_examples(model, setup, term)
