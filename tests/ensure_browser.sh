@@ -14,20 +14,5 @@ if [ "${EWC_CHROMIUM:-}" != "" ]; then
   echo "EWC_CHROMIUM=$EWC_CHROMIUM is not an executable" >&2
   exit 1
 fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    SUDO="sudo -n"
-  else
-    echo "Debian's chromium is missing and this is not root: run 'sudo apt-get install chromium'" >&2
-    exit 1
-  fi
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "chromium is missing and apt-get is not available: install Chromium and set EWC_CHROMIUM" >&2
-  exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q chromium
+bash "$(dirname "$0")/apt_install.sh" "Debian's chromium (or set EWC_CHROMIUM)" chromium
 "$CHROMIUM" --version
