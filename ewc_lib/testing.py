@@ -63,9 +63,9 @@ EXACT_RTOL = 1e-10
 #: matrices, a stationary gradient of a quadratic), on quantities of order one.
 EXACT_ATOL = 1e-12
 
-#: A float64 difference of two nearly equal solutions (a shift of a minimiser, an explicit
-#: inverse of a matrix with condition number up to ~1e3, a matrix square root of a nearly
-#: singular PSD matrix): cancellation costs up to half of the 16 digits.
+#: A float64 difference of two nearly equal solutions (a shift of a minimiser) or an explicit
+#: inverse of a matrix with condition number up to ~1e3: cancellation costs up to half of the
+#: 16 digits.
 CANCELLATION_RTOL = 1e-8
 
 # --- optimisers --------------------------------------------------------------------------

@@ -28,12 +28,7 @@ from torch import nn
 import ewc_lib
 from ewc_lib import curvature, reference
 from ewc_lib.curvature import fast_mlp, flatten_params, likelihoods
-
-#: Monte Carlo comparisons: allowed number of standard errors per entry (all entries of a
-#: few dozen parameters must pass; a 6-sigma excursion has probability ~2e-9 per entry).
-MC_SIGMAS = 6.0
-#: float32 comparisons with BackPACK (different summation order): relative to the largest entry.
-FLOAT32_RTOL = 1e-4
+from ewc_lib.testing import MC_NUM_STD_ERRORS
 
 ESTIMATORS = ["exact", "mc", "empirical", "batched_empirical"]
 
@@ -215,8 +210,8 @@ def test_mc_converges_to_exact_within_standard_errors(case):
         mc = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="mc", num_samples=s, generator=gen(s)))
         se = (var.sum(0) / (n * n * s)).sqrt()
         z = (mc - exact).abs() / se.clamp_min(1e-300)
-        ok = (z <= MC_SIGMAS) | (se < 1e-14)
-        assert ok.all(), f"{case}, S={s}: {int((~ok).sum())} entries beyond {MC_SIGMAS} SE (max z {z.max():.2f})"
+        ok = (z <= MC_NUM_STD_ERRORS) | (se < 1e-14)
+        assert ok.all(), f"{case}, S={s}: {int((~ok).sum())} entries beyond {MC_NUM_STD_ERRORS} SE (z {z.max():.2f})"
         errors[s] = (mc - exact).norm().item()
     # the error shrinks like 1/sqrt(S): from S=4 to S=1024 by ~16x (loose: a factor 4 at least)
     assert errors[1024] < errors[4] / 4, f"{case}: MC error did not shrink like 1/sqrt(S): {errors}"
@@ -249,8 +244,8 @@ def test_mc_gaussian_and_bernoulli_within_standard_errors(case):
         )
         se = (var.sum(0) / (n * n * num)).sqrt()
         z = (mc - exact).abs() / se.clamp_min(1e-300)
-        ok = (z <= MC_SIGMAS) | (se < 1e-14)
-        assert ok.all(), f"{case}, S={num}: {int((~ok).sum())} entries beyond {MC_SIGMAS} SE (max z {z.max():.2f})"
+        ok = (z <= MC_NUM_STD_ERRORS) | (se < 1e-14)
+        assert ok.all(), f"{case}, S={num}: {int((~ok).sum())} entries beyond {MC_NUM_STD_ERRORS} SE (z {z.max():.2f})"
 
 
 def test_empirical_differs_from_exact_deterministic_counterexample():

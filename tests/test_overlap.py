@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 from ewc_lib import overlap
 from ewc_lib.models import mlp
 from ewc_lib.overlap import fisher_overlap, frechet_distance_sq, layerwise_overlap
+from ewc_lib.testing import EXACT_RTOL
 
-#: float64 round-off of eigendecompositions of small matrices.
-TIGHT = 1e-10
 #: matrix square roots of nearly singular PSD matrices lose about half the digits.
 SQRT_TOL = 1e-6
 
@@ -48,8 +47,8 @@ def test_diagonal_overlap_in_unit_interval_and_symmetric(ab):
     a, b = (torch.tensor(v, dtype=torch.float64) for v in ab)
     o = fisher_overlap(a, b)
     assert 0.0 <= o <= 1.0
-    assert o == pytest.approx(fisher_overlap(b, a), abs=TIGHT)
-    assert fisher_overlap(a, a) == pytest.approx(1.0, abs=TIGHT)
+    assert o == pytest.approx(fisher_overlap(b, a), abs=EXACT_RTOL)
+    assert fisher_overlap(a, a) == pytest.approx(1.0, abs=EXACT_RTOL)
 
 
 @given(diag_strategy)
@@ -60,15 +59,15 @@ def test_diagonal_formula_is_bhattacharyya(ab):
     half_sq = 0.5 * ((np.sqrt(ah) - np.sqrt(bh)) ** 2).sum()
     bc = np.sqrt(ah * bh).sum()
     d2 = frechet_distance_sq(torch.from_numpy(a), torch.from_numpy(b))
-    assert d2 == pytest.approx(half_sq, abs=TIGHT)
-    assert d2 == pytest.approx(1 - bc, abs=TIGHT)
+    assert d2 == pytest.approx(half_sq, abs=EXACT_RTOL)
+    assert d2 == pytest.approx(1 - bc, abs=EXACT_RTOL)
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_overlap_one_iff_proportional(seed):
     g = torch.Generator().manual_seed(seed)
     a = torch.rand(20, generator=g, dtype=torch.float64)
-    assert fisher_overlap(a, 7.5 * a) == pytest.approx(1.0, abs=TIGHT)
+    assert fisher_overlap(a, 7.5 * a) == pytest.approx(1.0, abs=EXACT_RTOL)
     b = a.clone()
     b[0] *= 2.0  # not proportional any more
     assert fisher_overlap(a, b) < 1.0 - 1e-6
@@ -119,7 +118,7 @@ def test_missing_square_erratum(seed):
     ah, bh = a / a.sum(), b / b.sum()
     fro = torch.linalg.norm(torch.diag(ah.sqrt()) - torch.diag(bh.sqrt()))
     d2 = frechet_distance_sq(a, b)
-    assert d2 == pytest.approx(0.5 * fro.item() ** 2, abs=TIGHT)
+    assert d2 == pytest.approx(0.5 * fro.item() ** 2, abs=EXACT_RTOL)
     assert abs(d2 - 0.5 * fro.item()) > 1e-3  # the printed form without the square differs
 
 
@@ -128,7 +127,7 @@ def test_dict_input_flattens_in_key_order():
     f2 = {"b": torch.tensor([1.0, 1.0]), "w": torch.tensor([[4.0, 3.0], [2.0, 1.0]])}
     flat1 = torch.cat([f1["w"].reshape(-1), f1["b"]])
     flat2 = torch.cat([f2["w"].reshape(-1), f2["b"]])
-    assert fisher_overlap(f1, f2) == pytest.approx(fisher_overlap(flat1, flat2), abs=TIGHT)
+    assert fisher_overlap(f1, f2) == pytest.approx(fisher_overlap(flat1, flat2), abs=EXACT_RTOL)
 
 
 def test_layerwise_overlap_matches_manual():
@@ -142,7 +141,7 @@ def test_layerwise_overlap_matches_manual():
         a = torch.cat([f1[f"{name}.weight"].reshape(-1), f1[f"{name}.bias"]]).double()
         b = torch.cat([f2[f"{name}.weight"].reshape(-1), f2[f"{name}.bias"]]).double()
         manual = (torch.sqrt(a / a.sum() * b / b.sum())).sum().item()
-        assert value == pytest.approx(manual, abs=TIGHT)
+        assert value == pytest.approx(manual, abs=EXACT_RTOL)
 
 
 def test_layerwise_overlap_with_dropout_layers_and_no_bias():
@@ -229,9 +228,9 @@ def test_layerwise_overlap_of_fisher_diagonals_with_frozen_parameters(name, froz
     for layer, value in result:
         keys = [k for k in (f"{layer}.weight", f"{layer}.bias") if k not in frozen]
         assert result.compared[layer] == tuple(keys)
-        assert value == pytest.approx(_manual(f1, f2, keys), abs=TIGHT)
-        assert 0.0 < value <= 1.0 + TIGHT
-    assert layerwise_overlap(f1, f1, net) == [(n, pytest.approx(1.0, abs=TIGHT)) for n in layers]
+        assert value == pytest.approx(_manual(f1, f2, keys), abs=EXACT_RTOL)
+        assert 0.0 < value <= 1.0 + EXACT_RTOL
+    assert layerwise_overlap(f1, f1, net) == [(n, pytest.approx(1.0, abs=EXACT_RTOL)) for n in layers]
 
 
 def test_layerwise_overlap_result_is_the_old_list():

@@ -15,10 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ewc_lib import EWCPenalty, L2Penalty
+from ewc_lib.testing import EXACT_ATOL, EXACT_RTOL
 
-#: float64 identities (sums of a few hundred products): round-off is ~1e-14 relative.
-RTOL = 1e-10
-ATOL = 1e-12
 FAST = settings(max_examples=25, deadline=None)
 
 
@@ -75,7 +73,7 @@ def test_value_matches_formula(seed, lam):
     pen.consolidate(net, fisher)
     perturb(net, seed + 1)
     expected = reference(lam, [anchor], [flat(fisher)], flat(net.parameters()))
-    assert math.isclose(pen(net).item(), expected, rel_tol=RTOL, abs_tol=ATOL)
+    assert math.isclose(pen(net).item(), expected, rel_tol=EXACT_RTOL, abs_tol=EXACT_ATOL)
 
 
 @FAST
@@ -98,7 +96,7 @@ def test_gradient_is_lam_F_delta(seed, lam, mode, num_tasks):
             expected = lam * sum(f[name] * (p.detach() - a[name]) for a, f in zip(anchors, fishers))
         else:  # one term: summed Fishers, latest anchor
             expected = lam * sum(f[name] for f in fishers) * (p.detach() - anchors[-1][name])
-        torch.testing.assert_close(p.grad, expected, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(p.grad, expected, rtol=EXACT_RTOL, atol=EXACT_ATOL)
 
 
 @FAST
@@ -110,7 +108,7 @@ def test_separate_equals_online_after_one_task(seed, lam):
     sep.consolidate(net, fisher)
     onl.consolidate(net, fisher)
     perturb(net, seed + 1)
-    assert math.isclose(sep(net).item(), onl(net).item(), rel_tol=RTOL, abs_tol=ATOL)
+    assert math.isclose(sep(net).item(), onl(net).item(), rel_tol=EXACT_RTOL, abs_tol=EXACT_ATOL)
 
 
 @FAST
@@ -127,7 +125,7 @@ def test_online_recursion(seed, lam, gamma):
     single.consolidate(net, {n: gamma * f_a[n] + f_b[n] for n in f_a})
     perturb(net, seed + 3)
     assert onl.num_tasks == 2 and onl.num_terms == 1
-    assert math.isclose(onl(net).item(), single(net).item(), rel_tol=RTOL, abs_tol=ATOL)
+    assert math.isclose(onl(net).item(), single(net).item(), rel_tol=EXACT_RTOL, abs_tol=EXACT_ATOL)
 
 
 @FAST
@@ -144,7 +142,7 @@ def test_separate_two_tasks_sum_of_terms(seed, lam):
     perturb(net, seed + 7)
     expected = reference(lam, anchors, [flat(f) for f in fishers], flat(net.parameters()))
     assert pen.num_terms == 2
-    assert math.isclose(pen(net).item(), expected, rel_tol=RTOL, abs_tol=ATOL)
+    assert math.isclose(pen(net).item(), expected, rel_tol=EXACT_RTOL, abs_tol=EXACT_ATOL)
 
 
 @FAST
@@ -157,7 +155,7 @@ def test_l2_is_ewc_with_unit_fisher(seed, lam, mode):
         l2.consolidate(net)
         ewc.consolidate(net, {n: torch.ones_like(p) for n, p in net.named_parameters()})
     perturb(net, seed + 9)
-    assert math.isclose(l2(net).item(), ewc(net).item(), rel_tol=RTOL, abs_tol=ATOL)
+    assert math.isclose(l2(net).item(), ewc(net).item(), rel_tol=EXACT_RTOL, abs_tol=EXACT_ATOL)
 
 
 def test_anchor_is_a_copy_and_fisher_is_a_copy():

@@ -10,11 +10,10 @@ import torch
 import ewc_lib
 from ewc_lib import symbolic
 from ewc_lib.symbolic import check_fisher_identity, is_zero
+from ewc_lib.testing import EXACT_RTOL
 
 # Monte Carlo checks: accept a deviation of this many standard errors (two-sided p ~ 6e-5 for a Gaussian).
 MC_NUM_STD_ERRORS = 4.0
-# float64 comparisons of an exact closed form with an exact numerical computation.
-FLOAT64_RTOL = 1e-10
 
 y = sp.Symbol("y", integer=True)
 x = sp.Symbol("x", real=True)
@@ -226,7 +225,7 @@ def test_sympy_fisher_matches_library_fisher_matrix():
     res = check_fisher_identity(*bernoulli_logit())
     f_eta = float(res.outer[0, 0].subs(eta, w0 * x0))
     lib = ewc_lib.fisher_matrix(model, inputs, likelihood="bernoulli", estimator="exact")
-    np.testing.assert_allclose(lib.detach().numpy(), [[x0**2 * f_eta]], rtol=FLOAT64_RTOL)
+    np.testing.assert_allclose(lib.detach().numpy(), [[x0**2 * f_eta]], rtol=EXACT_RTOL)
 
     # Gaussian with fixed variance sigma2: F(w) = x^2 / sigma2.
     mu = sp.Symbol("mu", real=True)
@@ -234,7 +233,7 @@ def test_sympy_fisher_matches_library_fisher_matrix():
     res_g = check_fisher_identity(-((x - mu) ** 2) / (2 * s2) - sp.log(2 * sp.pi * s2) / 2, x, [mu], sp.Reals)
     f_mu = float(res_g.outer[0, 0].subs(s2, sigma2))
     lib_g = ewc_lib.fisher_matrix(model, inputs, likelihood="gaussian", estimator="exact", sigma2=sigma2)
-    np.testing.assert_allclose(lib_g.detach().numpy(), [[x0**2 * f_mu]], rtol=FLOAT64_RTOL)
+    np.testing.assert_allclose(lib_g.detach().numpy(), [[x0**2 * f_mu]], rtol=EXACT_RTOL)
 
 
 def test_example_families_all_hold_except_uniform():
