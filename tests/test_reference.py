@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import make
+from cases import CASES, make
 from torch import nn
 
+import ewc_lib
 from ewc_lib import reference
 from ewc_lib.curvature import unflatten_params
-from ewc_lib.testing import ROUNDING_RTOL
+from ewc_lib.testing import ROUNDING_RTOL, assert_close, rel_error
 
 
 def close(a, b, what):
@@ -192,3 +193,24 @@ def test_bernoulli_reference_outcome_weights_do_not_cancel():
         variance * torch.tensor([[3600.0, 60.0], [60.0, 1.0]], dtype=torch.float64),
         "Bernoulli Fisher s (1 - s) [x; 1][x; 1]^T at a saturated logit",
     )
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_ggn_two_definitions_agree(case):
+    """J^T Lambda J built from rows of J (ggn_loop) equals the Hessian of the linearised network's
+    loss, which forms no Jacobian (ggn_linearised_loop), and the library's ggn; nonlinear models."""
+    model, x, _ = make(case)
+    kw = dict(likelihood=case.likelihood, sigma2=case.sigma2)
+    by_rows = reference.ggn_loop(model, x, **kw)
+    assert_close(reference.ggn_linearised_loop(model, x, **kw), by_rows, what=f"{case}: linearised vs rows")
+    assert_close(ewc_lib.ggn(model, x, **kw), reference.ggn_linearised_loop(model, x, **kw), what=f"{case}: ggn")
+
+
+def test_ggn_linearised_is_not_the_hessian_of_a_nonlinear_network():
+    """The linearisation drops exactly the residual term: H = GGN + R with R clearly nonzero."""
+    model, x, y = make(CASES[0])
+    h = reference.hessian_loop(model, x, y)
+    g = reference.ggn_linearised_loop(model, x)
+    r = reference.residual_term_loop(model, x, y)
+    assert rel_error(g, h) > 1e-3
+    assert_close(g + r, h, what="H = GGN (linearised) + residual term")

@@ -16,6 +16,7 @@ its modes and ``requires_grad`` flags restored afterwards).
 ``hessian_loop``                    Hessian of the mean NLL, row by row (double backward)
 ``expected_hessian_loop``           ``-(1/N) sum_n sum_y p(y) Hessian log p(y)`` row by row
 ``ggn_loop``                        ``(1/N) sum_n J_n^T Lambda_n J_n``, ``Lambda_n`` by autograd
+``ggn_linearised_loop``             the GGN as the Hessian of the linearised network's loss
 ``residual_term_loop``              ``(1/N) sum_n sum_k r_nk grad^2 f_nk`` (Kunstner Prop. 2)
 ``jacobian_loop``                   ``(C, P)`` Jacobian of one example's outputs, row by row
 =================================  =============================================================
@@ -27,7 +28,14 @@ from __future__ import annotations
 # anything private from the rest of ewc_lib). Its checks are its own (``_problem``), and its
 # negative log-likelihoods are written differently (one row at a time, log1p, softplus).
 from .first_order import fisher_diagonal_loop, fisher_matrix_loop, per_example_scores
-from .second_order import expected_hessian_loop, ggn_loop, hessian_loop, jacobian_loop, residual_term_loop
+from .second_order import (
+    expected_hessian_loop,
+    ggn_linearised_loop,
+    ggn_loop,
+    hessian_loop,
+    jacobian_loop,
+    residual_term_loop,
+)
 
 __all__ = [
     "per_example_scores",
@@ -36,6 +44,7 @@ __all__ = [
     "hessian_loop",
     "expected_hessian_loop",
     "ggn_loop",
+    "ggn_linearised_loop",
     "residual_term_loop",
     "jacobian_loop",
 ]

@@ -7,7 +7,14 @@ from torch import nn  # noqa: F401  (the docstring examples use nn)
 
 from ._problem import Problem, eval_mode, finite_outputs, flat_grad, log_lik, nll, outcomes
 
-__all__ = ["hessian_loop", "expected_hessian_loop", "jacobian_loop", "ggn_loop", "residual_term_loop"]
+__all__ = [
+    "hessian_loop",
+    "expected_hessian_loop",
+    "jacobian_loop",
+    "ggn_loop",
+    "ggn_linearised_loop",
+    "residual_term_loop",
+]
 
 
 def _hessian_rows(scalar, params):
@@ -110,6 +117,45 @@ def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
         lam = torch.autograd.functional.hessian(lambda ff: nll(ff, y, likelihood, setup.sigma2).sum(), f)
         lam = lam.reshape(f.shape[1], f.shape[1])
         return J.T @ lam @ J
+
+    return _mean_over_examples(model, setup, term)
+
+
+def ggn_linearised_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
+    r"""The GGN by a second definition: the Hessian of the mean NLL of the *linearised* network.
+
+    Book: :prf:ref:`def-fisher-ggn`, :ref:`sec-fisher-identities`.
+
+    Around the current parameters :math:`\theta_0`, replace each output by its first-order
+    Taylor polynomial :math:`f_n(\theta_0) + J_n \delta`; the loss of that linear model has
+    Hessian :math:`\frac1N\sum_n J_n^\top \Lambda_n J_n` in :math:`\delta`, because a linear map
+    has no second derivative. This is how curvlinops checks its GGN. No Jacobian is formed:
+    :math:`J_n \delta` is a Jacobian-vector product by the double-backward trick
+    (:math:`J_n^\top u` by one backward pass, then its derivative in :math:`u` along
+    :math:`\delta`), and the Hessian in :math:`\delta` is ``torch.autograd.functional.hessian``.
+    An independent check of :func:`ggn_loop` (which builds :math:`J_n` row by row and
+    :math:`\Lambda_n` separately). :math:`\Lambda_n` does not depend on the label for these
+    likelihoods, so a dummy label is used.
+
+    >>> net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 3)).double()
+    >>> x = torch.randn(4, 2, dtype=torch.float64)
+    >>> torch.allclose(ggn_linearised_loop(net, x), ggn_loop(net, x))
+    True
+    """
+    setup = Problem(model, inputs, likelihood, sigma2)
+
+    def term(n, xn, params):
+        f = setup.outputs(xn)
+        u = torch.zeros_like(f, requires_grad=True)
+        jt_u = flat_grad((f * u).sum(), params, create_graph=True)  # J^T u, linear in u
+        f0 = f.detach()
+        y = torch.zeros(1, dtype=torch.long) if likelihood == "categorical" else torch.zeros_like(f0)
+
+        def linearised_nll(delta):
+            j_delta = torch.autograd.grad(jt_u, u, grad_outputs=delta, create_graph=True)[0]  # J delta
+            return nll(f0 + j_delta, y, likelihood, setup.sigma2).sum()
+
+        return torch.autograd.functional.hessian(linearised_nll, torch.zeros(setup.numel, dtype=setup.dtype))
 
     return _mean_over_examples(model, setup, term)
 
