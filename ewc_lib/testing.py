@@ -70,7 +70,7 @@ CANCELLATION_RTOL = 1e-8
 
 # --- optimisers --------------------------------------------------------------------------
 
-#: A float64 minimiser stopped at |gradient| <= 1e-8 and then polished by Newton steps: the
+#: A float64 minimiser stopped at a gradient norm <= 1e-8 and then polished by Newton steps: the
 #: mode and the curvature there agree with the closed form to rounding.
 STATIONARY_ATOL = 1e-10
 
