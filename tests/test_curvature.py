@@ -20,6 +20,7 @@ from cases import (
     make,
     make_inputs,
     make_model,
+    make_targets,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -304,6 +305,43 @@ def test_batched_empirical_by_hand_and_partial_last_batch():
     assert_close(b1, ef, what="batched_empirical with B=1 vs empirical")
     bn = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", targets=y, batch_size=7))
     assert_close(bn, g.mean(0) ** 2, what="batched_empirical with B=N")
+
+
+@pytest.mark.parametrize("case", [CATEGORICAL[0], GAUSSIAN[0]], ids=str)
+def test_empirical_is_gradient_covariance_plus_squared_mean(case):
+    # thm-ef-moment on the diagonal: EF_ii = Var_n(g_ni) + mean_n(g_ni)^2, with g from the oracle's loop
+    model, x, y = make(case)
+    g = reference.per_example_scores(model, x, y, likelihood=case.likelihood, sigma2=case.sigma2)
+    mean = g.mean(0)
+    variance = ((g - mean) ** 2).mean(0)  # divisor N, as in the theorem
+    kw = dict(likelihood=case.likelihood, sigma2=case.sigma2, targets=y)
+    ef = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="empirical", **kw))
+    assert_close(ef, variance + mean**2, what=f"{case}: EF diagonal vs covariance + squared mean")
+    # the mean part alone is the batched empirical Fisher with one batch of all N examples
+    bn = flatten_params(ewc_lib.fisher_diagonal(model, x, estimator="batched_empirical", batch_size=len(x), **kw))
+    assert_close(ef - bn, variance, what=f"{case}: EF - (batched, B = N) vs covariance")
+
+
+def test_batched_empirical_expectation_over_all_splits():
+    # thm-ef-batched: the mean of batched_empirical over every split of N = 6 examples into
+    # batches of B = 2 (15 splits, equally likely under a random order) is c_B EF + (1 - c_B) gbar^2
+    case = CATEGORICAL[0]
+    model = make_model(case)
+    x = make_inputs(case, n=6)
+    y = make_targets(case, model, x)
+    n, b = 6, 2
+    perms = itertools.permutations(range(n))
+    splits = {tuple(sorted(tuple(sorted(p[i : i + b])) for i in range(0, n, b))) for p in perms}
+    assert len(splits) == 15
+    average = 0
+    for split in splits:
+        order = torch.tensor([i for batch in split for i in batch])
+        diag = ewc_lib.fisher_diagonal(model, x[order], estimator="batched_empirical", targets=y[order], batch_size=b)
+        average = average + flatten_params(diag) / len(splits)
+    g = reference.per_example_scores(model, x, y)
+    c = (n - b) / (b * (n - 1))
+    expected = c * (g**2).mean(0) + (1 - c) * g.mean(0) ** 2
+    assert_close(average, expected, what="mean of batched_empirical over all splits vs thm-ef-batched")
 
 
 def test_mc_reproducible_and_equal_to_empirical_on_sampled_targets():
