@@ -678,3 +678,129 @@ def test_fast_path_skips_all_zero_input_features_exactly(activation, estimator):
     assert fast_mlp._nonzero_features(x).tolist() == [1, 4, 6]
     assert fast_mlp._nonzero_features(-x.abs()).tolist() == [1, 4, 6]  # negative entries count too
     assert fast_mlp._nonzero_features(torch.ones(3, 8, dtype=torch.float64)) is None  # nothing to skip
+
+
+# ------------------------------------------------------------------ statements of the Fisher identities chapter
+
+
+def _outcome_probabilities(f, likelihood):
+    """(N, K) probabilities of the K outcomes given outputs f, and the (K,) outcomes (categorical, bernoulli)."""
+    if likelihood == "categorical":
+        return torch.softmax(f, -1), torch.arange(f.shape[-1])
+    s = torch.sigmoid(f[:, 0])
+    return torch.stack([1 - s, s], -1), torch.tensor([0.0, 1.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.likelihood != "gaussian"], ids=str)
+def test_fisher_of_the_label_vector_is_n_times_the_mean_fisher(case):
+    # lem-fisher-additive by enumeration: for N = 3 inputs and independent labels drawn from the
+    # model, E[(sum_n s_n)(sum_n s_n)^T] over all K^3 label vectors equals N times the mean Fisher
+    model, x, _ = make(case)
+    x = x[:3]
+    n = x.shape[0]
+    with torch.no_grad():
+        probs, outcomes = _outcome_probabilities(model(x), case.likelihood)
+    k = len(outcomes)
+    scores = torch.stack(  # (N, K, P): score of outcome k at input n, by the oracle's loop
+        [reference.per_example_scores(model, x, outcomes[j].repeat(n), likelihood=case.likelihood) for j in range(k)],
+        1,
+    )
+    vectors = torch.tensor(list(itertools.product(range(k), repeat=n)))  # (K^N, N)
+    rows = torch.arange(n)
+    joint_score = scores[rows, vectors].sum(1)
+    joint_prob = probs[rows, vectors].prod(1)
+    assert_close(joint_prob.sum(), torch.tensor(1.0, dtype=torch.float64), what=f"{case}: probabilities sum to one")
+    joint_fisher = torch.einsum("v,vi,vj->ij", joint_prob, joint_score, joint_score)
+    mean_fisher = ewc_lib.fisher_matrix(model, x, likelihood=case.likelihood)
+    assert_close(joint_fisher, n * mean_fisher, what=f"{case}: Fisher of the label vector vs N F")
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[-2]], ids=str)
+def test_mean_kl_is_half_the_fisher_quadratic_form(case):
+    # prop-fisher-local-kl: (1/N) sum_n KL(p_theta* || p_theta*+t v) = t^2 v^T F v / 2 + O(t^3), so the
+    # relative error of the quadratic form falls like t: by ~10 when t falls by 10
+    model, x, _ = make(case)
+    theta = flatten_params(dict(model.named_parameters())).detach()
+    v = torch.randn(theta.numel(), generator=gen(3), dtype=torch.float64)
+    v /= v.norm()
+    with torch.no_grad():
+        probs, _ = _outcome_probabilities(model(x), case.likelihood)
+    fisher = ewc_lib.fisher_matrix(model, x, likelihood=case.likelihood)
+    quad = 0.5 * float(v @ fisher @ v)
+
+    def mean_kl(t):
+        with torch.no_grad():
+            moved = torch.func.functional_call(model, curvature.unflatten_params(theta + t * v, model), (x,))
+        new, _ = _outcome_probabilities(moved, case.likelihood)
+        return float((probs * (probs.log() - new.log())).sum(-1).mean())
+
+    err = {t: abs(mean_kl(t) / (t**2 * quad) - 1) for t in (1e-2, 1e-3)}
+    assert err[1e-3] < 1e-2, f"{case}: KL vs quadratic form off by {err[1e-3]:.2e} at t = 1e-3"
+    assert 7 < err[1e-2] / err[1e-3] < 13, f"{case}: the error did not fall like t: {err}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_hessian_minus_fisher_within_the_residual_bound(case):
+    # thm-fisher-hessian-residual: ||H - F||_2 <= beta * mean_n ||r_n||_1, with beta the largest spectral
+    # norm of a per-example output Hessian grad^2 f_nk and r_n = d(-log p(y_n | f))/d f at f_n
+    model, x, y = make(case)
+    kw = dict(likelihood=case.likelihood, sigma2=case.sigma2)
+    H = ewc_lib.hessian(model, x, y, **kw)
+    gap = float(torch.linalg.matrix_norm(H - ewc_lib.fisher_matrix(model, x, **kw), ord=2))
+    theta = flatten_params(dict(model.named_parameters())).detach()
+    with torch.no_grad():
+        f = model(x)
+    if case.likelihood == "categorical":
+        r = torch.softmax(f, -1) - nn.functional.one_hot(y, f.shape[-1])
+    elif case.likelihood == "bernoulli":
+        r = torch.sigmoid(f) - y.reshape(-1, 1)
+    else:
+        r = (f - y.reshape(f.shape)) / case.sigma2
+    beta = 0.0
+    for i in range(x.shape[0]):
+        for k in range(f.shape[-1]):
+
+            def f_nk(th, i=i, k=k):
+                return torch.func.functional_call(model, curvature.unflatten_params(th, model), (x[i : i + 1],))[0, k]
+
+            hess = torch.autograd.functional.hessian(f_nk, theta)
+            beta = max(beta, float(torch.linalg.matrix_norm(hess, ord=2)))
+    bound = beta * float(r.abs().sum(-1).mean())
+    # round-off allowed relative to the size of H
+    assert gap <= bound * (1 + EXACT_RTOL) + EXACT_RTOL * float(torch.linalg.matrix_norm(H, ord=2)), (
+        f"{case}: ||H - F||_2 = {gap:.3e} > bound {bound:.3e}"
+    )
+
+
+def test_hessian_equals_fisher_where_the_output_is_linear():
+    # prop-hessian-fisher-linear, with labels drawn at random (no fit at all)
+    g = gen(21)
+    x = torch.randn(15, 4, generator=g, dtype=torch.float64)
+    y_cat = torch.randint(0, 3, (15,), generator=g)
+    # case 1, generalised linear models: H = F entirely (softmax, logistic, linear regression)
+    for likelihood, out, y in [
+        ("categorical", 3, y_cat),
+        ("bernoulli", 1, torch.randint(0, 2, (15,), generator=g).double()),
+        ("gaussian", 2, 3 * torch.randn(15, 2, generator=g, dtype=torch.float64)),
+    ]:
+        glm = ewc_lib.mlp([4, out], seed=1, dtype=torch.float64)
+        kw = dict(likelihood=likelihood, sigma2=0.5)
+        assert_close(ewc_lib.hessian(glm, x, y, **kw), ewc_lib.fisher_matrix(glm, x, **kw), what=f"GLM {likelihood}")
+
+    def blocks(model):
+        sizes = [p.numel() for p in model.parameters()]
+        edges = list(itertools.accumulate([0] + sizes))
+        return [slice(edges[2 * i], edges[2 * i + 2]) for i in range(len(sizes) // 2)]
+
+    # case 2, the last layer of any network: only the last-layer block agrees (tanh)
+    net = ewc_lib.mlp([4, 5, 5, 3], activation="tanh", seed=2, dtype=torch.float64)
+    H, F = ewc_lib.hessian(net, x, y_cat), ewc_lib.fisher_matrix(net, x)
+    layers = blocks(net)
+    assert_close(H[layers[-1], layers[-1]], F[layers[-1], layers[-1]], what="tanh: last-layer block")
+    assert (H[layers[0], layers[0]] - F[layers[0], layers[0]]).abs().max() > 1e-2 * F.abs().max()
+    # piecewise-linear activations: every layer's own block agrees (ReLU), the coupling blocks do not
+    net = ewc_lib.mlp([4, 5, 5, 3], activation="relu", seed=2, dtype=torch.float64)
+    H, F = ewc_lib.hessian(net, x, y_cat), ewc_lib.fisher_matrix(net, x)
+    for sl in blocks(net):
+        assert_close(H[sl, sl], F[sl, sl], scale=F.abs().max(), what="ReLU: one layer's block")
+    assert (H[layers[0], layers[1]] - F[layers[0], layers[1]]).abs().max() > 1e-2 * F.abs().max()

@@ -26,7 +26,7 @@ from ewc_lib.laplace import (
     negative_hessian,
     normalise_on_grid,
 )
-from ewc_lib.testing import STATIONARY_ATOL
+from ewc_lib.testing import EXACT_ATOL, STATIONARY_ATOL
 
 F64 = torch.float64
 GRID_TOL = 1e-6  # Riemann sums on fine grids of smooth, well-contained densities
@@ -95,6 +95,30 @@ def test_bishop_skewed_density_known_mode():
     assert abs(float(q.mean[0]) - z0) < STATIONARY_ATOL
     s = special.expit(20 * z0 + 4)
     assert abs(float(q.precision[0, 0]) - (1 + 400 * s * (1 - s))) < 1e-8
+
+
+def test_taylor_remainder_within_third_derivative_bound():
+    # thm-laplace-expansion, part 3, on Bishop's density: on the ball |z - z*| <= 1/2,
+    # |log f(z) - log f(z*) + A (z - z*)^2 / 2| <= kappa/6 |z - z*|^3, with kappa the largest
+    # |d^3/dz^3 log f| = 8000 s (1 - s) |1 - 2 s| (s = sigmoid(20 z + 4)) on the ball, in closed form
+    def log_f(z):
+        return -0.5 * (z**2).sum(-1) + torch.nn.functional.logsigmoid(20 * z + 4).sum(-1)
+
+    q = laplace_approximation(log_f, torch.tensor([0.0], dtype=F64))
+    z_star, a = float(q.mean[0]), float(q.precision[0, 0])
+    z = torch.linspace(z_star - 0.5, z_star + 0.5, 4001, dtype=F64)
+    s = torch.sigmoid(20 * z + 4)
+    kappa = float((8000 * s * (1 - s) * (1 - 2 * s)).abs().max())
+    delta = (z - z_star).abs()
+    remainder = (log_f(z[:, None]) - q.log_density_at_mode + 0.5 * a * delta**2).abs()
+    # the found mode leaves a gradient of at most grad_norm (its linear term is allowed), plus round-off
+    assert (remainder <= kappa / 6 * delta**3 + q.grad_norm * delta + EXACT_ATOL).all()
+    # and the remainder really is cubic near the mode: R / delta^3 -> |d^3 log f (z*)| / 6
+    s0 = special.expit(20 * z_star + 4)
+    third_at_mode = 8000 * s0 * (1 - s0) * abs(1 - 2 * s0)
+    near = (delta > 1e-3) & (delta < 3e-3)
+    ratio = remainder[near] / delta[near] ** 3
+    assert ((ratio - third_at_mode / 6).abs() < 0.1 * third_at_mode / 6).all()
 
 
 # ------------------------------------------------------------------ 2-D logistic regression
