@@ -26,7 +26,7 @@ from ewc_lib.laplace import (
     negative_hessian,
     normalise_on_grid,
 )
-from ewc_lib.testing import EXACT_ATOL, STATIONARY_ATOL
+from ewc_lib.testing import EXACT_ATOL, EXACT_RTOL, STATIONARY_ATOL, assert_close
 
 F64 = torch.float64
 GRID_TOL = 1e-6  # Riemann sums on fine grids of smooth, well-contained densities
@@ -407,3 +407,39 @@ def test_grid_and_mode_functions_are_importable_from_laplace():
     for module in (grids, modes):
         for name in module.__all__:
             assert getattr(laplace, name) is getattr(module, name) and name in laplace.__all__
+
+
+# ------------------------------------------------------------------ prop-ewc-diagonal-kl
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_diagonal_of_the_precision_is_the_best_independent_gaussian(seed):
+    """prop-ewc-diagonal-kl: D = diag(Lambda) minimises KL(q_D || p), with the stated minimum and
+    formula; D_ii = 1 / (Lambda^{-1})_ii minimises KL(p || q_D); and 1 / Lambda_ii <= (Lambda^{-1})_ii."""
+    d = 5
+    lam = _spd(d, seed)
+    mu = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    d_prec = torch.diagonal(lam).clone()
+    d_marg = 1.0 / torch.diagonal(torch.linalg.inv(lam))
+
+    def kl_q_p(diag):
+        return gaussian_kl(mu, torch.diag(diag), mu, lam)
+
+    def kl_p_q(diag):
+        return gaussian_kl(mu, lam, mu, torch.diag(diag))
+
+    logdet = float(torch.linalg.slogdet(lam)[1])
+    minimum = 0.5 * (float(torch.log(d_prec).sum()) - logdet)
+    assert_close(kl_q_p(d_prec), minimum, what="the minimum of KL(q_D || p)", rtol=EXACT_RTOL)
+    assert minimum > 0  # Hadamard: lam is not diagonal
+    # eq-ewc-kl-diag at any positive diagonal D, against the general formula
+    wiggles = torch.exp(0.3 * torch.randn(10, d, generator=torch.Generator().manual_seed(100 + seed), dtype=F64))
+    for w in wiggles:
+        D = d_prec * w
+        formula = 0.5 * (float((d_prec / D).sum()) - d + float(torch.log(D).sum()) - logdet)
+        assert_close(kl_q_p(D), formula, what="eq-ewc-kl-diag", rtol=EXACT_RTOL)
+        assert kl_q_p(D) > kl_q_p(d_prec)
+        assert kl_p_q(d_marg * w) > kl_p_q(d_marg)
+    assert bool((1.0 / d_prec <= 1.0 / d_marg * (1 + EXACT_RTOL)).all())
+    # a diagonal precision is its own best diagonal: the minimum is zero
+    assert_close(gaussian_kl(mu, torch.diag(d_prec), mu, torch.diag(d_prec)), 0.0, what="diagonal p", atol=EXACT_ATOL)
