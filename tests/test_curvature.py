@@ -179,10 +179,10 @@ def test_hessian_differs_from_expected_hessian_by_the_residual_term(case):
     H = ewc_lib.hessian(model, x, y, **kw)
     EH = ewc_lib.expected_hessian(model, x, **kw)
     R = reference.residual_term_loop(model, x, y, **kw)
-    # relative to the size of H: for ReLU nets the residual term is exactly zero
+    # relative to the size of H: the within-layer blocks of R vanish for ReLU nets, but not the
+    # blocks coupling two layers (f is bilinear in consecutive weight matrices)
     assert_close(H - EH, R, scale=H.abs().max(), what=f"{case}: H - E[H] vs residual term")
-    if case.activation != "relu":  # piecewise-linear nets have no second derivative of f
-        assert (H - EH).abs().max() > 1e-3 * H.abs().max(), f"{case}: H should differ from E[H] off the fit"
+    assert (H - EH).abs().max() > 1e-3 * H.abs().max(), f"{case}: H should differ from E[H] off the fit"
 
 
 # ------------------------------------------------------------------ estimators
@@ -804,3 +804,18 @@ def test_hessian_equals_fisher_where_the_output_is_linear():
     for sl in blocks(net):
         assert_close(H[sl, sl], F[sl, sl], scale=F.abs().max(), what="ReLU: one layer's block")
     assert (H[layers[0], layers[1]] - F[layers[0], layers[1]]).abs().max() > 1e-2 * F.abs().max()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.activation == "relu"], ids=str)
+def test_relu_cases_have_live_units(case):
+    """A ReLU case whose hidden units are all off tests nothing but the last bias: every hidden
+    layer must have each unit on for some input, and some unit off for some input (so the kinks
+    matter)."""
+    model, x, _ = make(case)
+    h = x
+    for layer in model:
+        h = layer(h)
+        if isinstance(layer, torch.nn.ReLU):
+            on = h > 0
+            assert on.any(0).all(), f"{case}: a unit of {layer} is off for every input"
+            assert (~on).any(), f"{case}: every unit of {layer} is on for every input"
