@@ -19,8 +19,9 @@ Conventions (the book's, see ``book/notation.md``)
 Linear least squares (Figure 1)
 -------------------------------
 Features ``x_n = (1, u_n)``, parameters ``theta = (b, w)`` (intercept, slope), model
-``y ~ N(x^T theta, 1)``. Mean loss ``L = (1/2N) sum_n (y_n - x_n^T theta)^2``; gradient
-``-(1/N) sum_n r_n x_n`` with residual ``r_n = y_n - x_n^T theta``; Fisher ``(1/N) X^T X`` (the
+``y ~ N(x^T theta, 1)``. Mean loss ``L = (1/2N) sum_n (x_n^T theta - y_n)^2``; gradient
+``(1/N) sum_n r_n x_n`` with residual ``r_n = x_n^T theta - y_n`` (prediction minus target, the
+book's :math:`r_n`); Fisher ``(1/N) X^T X`` (the
 Hessian, independent of ``theta``); empirical Fisher ``(1/N) sum_n r_n^2 x_n x_n^T``.
 
 Logistic regression (Figure 2)
@@ -107,11 +108,11 @@ def linreg_data(
 
 
 def _residuals(theta, X, y):
-    return y - theta @ X.T  # (..., N)
+    return theta @ X.T - y  # (..., N): prediction minus target, the book's r_n
 
 
 def linreg_loss(theta, X, y):
-    """Mean squared-error loss ``L(theta) = (1/2N) sum_n (y_n - x_n^T theta)^2`` (shape ``(...)``).
+    """Mean squared-error loss ``L(theta) = (1/2N) sum_n (x_n^T theta - y_n)^2`` (shape ``(...)``).
 
     >>> float(linreg_loss(np.zeros(2), np.ones((3, 2)), np.ones(3)))
     0.5
@@ -123,7 +124,7 @@ def linreg_loss(theta, X, y):
 
 
 def linreg_grad(theta, X, y):
-    """Gradient of :func:`linreg_loss`: ``-(1/N) sum_n r_n x_n`` with ``r_n = y_n - x_n^T theta``.
+    """Gradient of :func:`linreg_loss`: ``(1/N) sum_n r_n x_n`` with ``r_n = x_n^T theta - y_n``.
 
     >>> linreg_grad(np.zeros(2), np.ones((3, 2)), np.ones(3))
     array([-1., -1.])
@@ -131,7 +132,7 @@ def linreg_grad(theta, X, y):
     X = _as_matrix(X)
     y = _as_targets(y, X.shape[0])
     theta = _as_theta(theta, X.shape[1])
-    return -(_residuals(theta, X, y) @ X) / X.shape[0]
+    return (_residuals(theta, X, y) @ X) / X.shape[0]
 
 
 def linreg_fisher(X, noise_var: float = 1.0):
