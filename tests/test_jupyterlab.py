@@ -89,7 +89,12 @@ def test_overrides_file_sets_jupytext_default_viewer_and_no_news():
     assert notification == {"fetchNews": "false", "checkForUpdates": False}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+#: Every executable MyST file: the notebooks and the chapters with code cells (all can be opened
+#: and saved in JupyterLab).
+EXECUTABLE = NOTEBOOKS + sorted(p for p in (ROOT / "book").glob("*.md") if "```{code-cell}" in p.read_text("utf-8"))
+
+
+@pytest.mark.parametrize("path", EXECUTABLE, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_notebook_is_in_the_form_jupytext_saves(path):
     text = path.read_text(encoding="utf-8")
     again = normalized(text)
