@@ -143,9 +143,15 @@ def rel_error(actual, expected, scale=None) -> float:
     return float(np.max(np.abs(a - e)) / float(scale))
 
 
-def assert_close(actual, expected, *, what: str, rtol: float = EXACT_RTOL, atol: float = 0.0, scale=None) -> None:
+def assert_close(
+    actual, expected, *, what: str, rtol: float = EXACT_RTOL, atol: float = 0.0, scale=None, entrywise: bool = False
+) -> None:
     """Claim that ``actual`` equals ``expected`` up to ``rtol`` relative to the largest
     ``|expected|`` (or to ``scale``), plus an absolute ``atol``.
+
+    ``entrywise=True`` judges each entry against its own size instead,
+    ``|actual_i - expected_i| <= rtol * |expected_i| + atol`` (``numpy.testing.assert_allclose``):
+    stricter for the small entries of a quantity that spans orders of magnitude (``gamma ** k``).
 
     ``what`` names the comparison in the message, which also gives the worst entry, its two
     values and how many entries are off. Outside class mode a failure raises
@@ -154,7 +160,7 @@ def assert_close(actual, expected, *, what: str, rtol: float = EXACT_RTOL, atol:
     >>> assert_close(1.0 + 1e-3, 1.0, what="a loose value", rtol=1e-6)
     Traceback (most recent call last):
     ...
-    ewc_lib.claims.ClaimFailed: a loose value (max |actual - expected| = 1.000e-03 > 1.000e-06 ...
+    ewc_lib.claims.ClaimFailed: a loose value (|actual - expected| = 1.000e-03 > 1.000e-06 ...
     """
     from ewc_lib.claims import claim  # claims imports nothing heavy; keep testing importable alone
 
@@ -166,20 +172,24 @@ def assert_close(actual, expected, *, what: str, rtol: float = EXACT_RTOL, atol:
     if a.size == 0:
         claim(True, what)
         return
+    if entrywise and scale is not None:
+        raise ValueError(f"{what}: pass either scale= or entrywise=True, not both")
     if scale is None:
-        scale = float(np.max(np.abs(e)))
+        scale = np.abs(e) if entrywise else float(np.max(np.abs(e)))
     err = np.abs(a - e)
-    bound = float(rtol) * float(scale) + float(atol)
+    bound = float(rtol) * scale + float(atol)
     bad = ~(err <= bound)  # NaN counts as off
     if not bad.any():
         claim(True, what)
         return
-    worst = int(np.nanargmax(np.where(np.isnan(err), np.inf, err)))
+    excess = np.where(np.isnan(err), np.inf, err - bound)
+    worst = int(np.argmax(excess))
+    flat_bound = np.broadcast_to(bound, err.shape).reshape(-1)[worst]
+    rule = "entry by entry" if entrywise else f"scale {float(scale):.3e}"
     detail = (
-        f"max |actual - expected| = {float(np.nanmax(err)) if not np.isnan(err).all() else float('nan'):.3e} > "
-        f"{bound:.3e} (rtol {rtol:.0e} x scale {float(scale):.3e} + atol {atol:.0e}); worst at flat index "
-        f"{worst}: actual {a.reshape(-1)[worst]:.10e}, expected {e.reshape(-1)[worst]:.10e}; "
-        f"{int(bad.sum())} of {bad.size} entries off"
+        f"|actual - expected| = {err.reshape(-1)[worst]:.3e} > {flat_bound:.3e} (rtol {rtol:.0e}, {rule}, "
+        f"atol {atol:.0e}) at flat index {worst}: actual {a.reshape(-1)[worst]:.10e}, "
+        f"expected {e.reshape(-1)[worst]:.10e}; {int(bad.sum())} of {bad.size} entries off"
     )
     claim(False, what, detail)
 

@@ -92,3 +92,13 @@ def test_within_std_errors():
         assert_within_std_errors([1.0 + 1e-6], [1.0], [0.0], what="zero error")
     with pytest.raises(ValueError, match="std_error"):
         assert_within_std_errors([1.0], [1.0], [-0.1], what="negative")
+
+
+def test_entrywise_judges_each_entry_by_its_own_size():
+    expected = [1.0, 1e-6]
+    assert_close([1.0, 1e-6 * (1 + 1e-11)], expected, what="fine", entrywise=True)
+    assert_close([1.0, 1.5e-6], expected, what="scaled by the largest entry: passes", rtol=1e-6)
+    with pytest.raises(ClaimFailed, match="entry by entry"):
+        assert_close([1.0, 1.5e-6], expected, what="entry by entry: fails", rtol=1e-6, entrywise=True)
+    with pytest.raises(ValueError, match="not both"):
+        assert_close(1.0, 1.0, what="both", scale=1.0, entrywise=True)
