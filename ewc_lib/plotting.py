@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ["use_book_style", "COLORS", "BOOK_DPI", "precision_ellipse"]
 
-#: Method colours, kept across chapters (the paper's: EWC red, L2 green, SGD blue).
+#: Method colours, kept across chapters (the paper's, EWC red, L2 green, SGD blue).
 COLORS = {
     "ewc": "#d62728",
     "l2": "#2ca02c",
@@ -52,7 +52,7 @@ def use_book_style() -> None:
         use_class_style()
 
 
-#: The projector style (``make lab``): every figure is shown within this box (inches at
+#: In the projector style (``make lab``) every figure is shown within this box (inches at
 #: :data:`CLASS_DPI`, i.e. 900 x 600 screen pixels: the notebook area of JupyterLab at
 #: 1440 x 900 with the file browser open), with text at :data:`CLASS_FONT_SIZE` points.
 CLASS_BOX = (9.0, 6.0)

@@ -70,8 +70,8 @@ CANCELLATION_RTOL = 1e-8
 
 # --- optimisers --------------------------------------------------------------------------
 
-#: A float64 minimiser stopped at a gradient norm <= 1e-8 and then polished by Newton steps: the
-#: mode and the curvature there agree with the closed form to rounding.
+#: A float64 minimiser stopped at a gradient norm <= 1e-8 and then polished by Newton steps
+#: finds the mode and the curvature there to rounding, as the closed form gives them.
 STATIONARY_ATOL = 1e-10
 
 #: A float64 iterative minimiser (L-BFGS, one Newton step from far away) against the closed

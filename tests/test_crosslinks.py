@@ -217,3 +217,28 @@ def test_table_statements_point_back(path):
                 f"{_rel(path)} lists {label} as checked here, but {_rel(st.path)}:{st.line} does not name a "
                 f"chk- section of this notebook in its Checked line"
             )
+
+
+def test_no_bare_ref_to_a_heading_with_math():
+    """``{ref}`label``` uses the heading as link text, and Sphinx pastes a heading's math as raw
+    TeX (``\\lambda``) into it: such a reference needs its own text, ``{ref}`text <label>```."""
+    target = re.compile(r"^\(([\w-]+)\)=\s*$")
+    headings = {}
+    for path in CHAPTERS + NOTEBOOKS:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            m = target.match(line)
+            if not m:
+                continue
+            j = i + 1
+            while j < len(lines) and (not lines[j].strip() or target.match(lines[j])):
+                j += 1
+            if j < len(lines) and lines[j].startswith("#"):
+                headings[m.group(1)] = lines[j]
+    bad = []
+    for path in CHAPTERS + NOTEBOOKS:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for label in re.findall(r"\{ref\}`([\w-]+)`", line):
+                if "$" in headings.get(label, ""):
+                    bad.append(f"{_rel(path)}:{n}: {{ref}}`{label}` -> {headings[label]}")
+    assert not bad, "give these references their own text:\n" + "\n".join(bad)

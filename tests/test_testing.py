@@ -102,3 +102,24 @@ def test_entrywise_judges_each_entry_by_its_own_size():
         assert_close([1.0, 1.5e-6], expected, what="entry by entry: fails", rtol=1e-6, entrywise=True)
     with pytest.raises(ValueError, match="not both"):
         assert_close(1.0, 1.0, what="both", scale=1.0, entrywise=True)
+
+
+def test_attribute_comments_do_not_start_with_a_type():
+    """Sphinx's napoleon reads the first line of a ``#:`` comment as ``type: description`` when it
+    has a colon followed by text, and then looks the 'type' up as a class: a nitpicky build fails
+    on it. No module of ewc_lib may start an attribute comment that way."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(testing.__file__).resolve().parent
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            text = line.strip()
+            if not text.startswith("#:") or (i and lines[i - 1].strip().startswith("#:")):
+                continue
+            body = re.sub(r"``[^`]*``", "", re.sub(r":\w+:`[^`]*`", "", text[2:]))
+            if re.search(r"(?<!:):(?!:)\s*\S", body):
+                bad.append(f"{path.relative_to(root.parent)}:{i + 1}: {text}")
+    assert not bad, "reword these first lines (no 'x: y'):\n" + "\n".join(bad)

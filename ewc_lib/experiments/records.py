@@ -142,7 +142,7 @@ def _git(*args) -> str:
     return out.stdout.strip()
 
 
-#: The code this process runs: the commit checked out when ``ewc_lib.experiments`` was
+#: The code this process runs, i.e. the commit checked out when ``ewc_lib.experiments`` was
 #: imported, and whether ``ewc_lib/`` or ``tools/`` had uncommitted changes then (later edits
 #: of the files do not change a running process).
 _CODE_STATE = {}
