@@ -176,6 +176,11 @@ def assert_close(
         raise ValueError(f"{what}: pass either scale= or entrywise=True, not both")
     if scale is None:
         scale = np.abs(e) if entrywise else float(np.max(np.abs(e)))
+    else:
+        scale_arr = _as_array(scale, "scale")
+        if scale_arr.size != 1:
+            raise ValueError(f"{what}: scale must be one number, got shape {scale_arr.shape}")
+        scale = float(scale_arr.reshape(()))
     err = np.abs(a - e)
     bound = float(rtol) * scale + float(atol)
     bad = ~(err <= bound)  # NaN counts as off

@@ -123,3 +123,10 @@ def test_attribute_comments_do_not_start_with_a_type():
             if re.search(r"(?<!:):(?!:)\s*\S", body):
                 bad.append(f"{path.relative_to(root.parent)}:{i + 1}: {text}")
     assert not bad, "reword these first lines (no 'x: y'):\n" + "\n".join(bad)
+
+
+def test_scale_may_be_a_tensor_or_array_of_one_number():
+    assert_close(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0 + 1e-12]), what="t", scale=torch.tensor(2.0))
+    assert_close([1.0], [1.0], what="a", scale=np.array([3.0]))
+    with pytest.raises(ValueError, match="one number"):
+        assert_close([1.0, 2.0], [1.0, 2.0], what="two scales", scale=[1.0, 2.0])
