@@ -24,6 +24,11 @@ def _hessian_rows(scalar, params):
     return torch.stack([flat_grad(g[i], params, retain_graph=True) for i in range(g.numel())]).detach()
 
 
+def _dummy_target(likelihood, f):
+    """A label for one example with outputs ``f``: Lambda = d^2 NLL / d f^2 does not depend on it."""
+    return torch.zeros(1, dtype=torch.long) if likelihood == "categorical" else torch.zeros_like(f)
+
+
 def _mean_over_examples(model, setup, term):
     """``(1/N) sum_n term(n, x_n, params)`` for ``(P, P)`` terms, with the model in eval mode."""
     with eval_mode(model):
@@ -113,7 +118,7 @@ def ggn_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
         J = jacobian_loop(model, xn, params)
         with torch.no_grad():
             f = setup.outputs(xn)
-        y = torch.zeros(1, dtype=torch.long) if likelihood == "categorical" else torch.zeros_like(f)
+        y = _dummy_target(likelihood, f)
         lam = torch.autograd.functional.hessian(lambda ff: nll(ff, y, likelihood, setup.sigma2).sum(), f)
         lam = lam.reshape(f.shape[1], f.shape[1])
         return J.T @ lam @ J
@@ -149,7 +154,7 @@ def ggn_linearised_loop(model, inputs, *, likelihood="categorical", sigma2=1.0):
         u = torch.zeros_like(f, requires_grad=True)
         jt_u = flat_grad((f * u).sum(), params, create_graph=True)  # J^T u, linear in u
         f0 = f.detach()
-        y = torch.zeros(1, dtype=torch.long) if likelihood == "categorical" else torch.zeros_like(f0)
+        y = _dummy_target(likelihood, f0)
 
         def linearised_nll(delta):
             j_delta = torch.autograd.grad(jt_u, u, grad_outputs=delta, create_graph=True)[0]  # J delta
@@ -180,11 +185,9 @@ def residual_term_loop(model, inputs, targets, *, likelihood="categorical", sigm
     targets = setup.check_targets(targets)
 
     def term(n, xn, params):
-        with torch.no_grad():
-            f0 = setup.outputs(xn)
-        f0 = f0.clone().requires_grad_(True)
+        f = setup.outputs(xn)[0]  # one forward pass: its graph gives grad^2 f_nk, its value r_n
+        f0 = f.detach().unsqueeze(0).requires_grad_(True)
         r = torch.autograd.grad(nll(f0, targets[n : n + 1], likelihood, setup.sigma2).sum(), f0)[0][0]
-        f = setup.outputs(xn)[0]
         return sum(r[k] * _hessian_rows(f[k], params) for k in range(r.numel()))
 
     return _mean_over_examples(model, setup, term)
