@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ewc_lib.claims import claim
+
 __all__ = [
     "ROUNDING_RTOL",
     "EXACT_RTOL",
@@ -119,6 +121,21 @@ def _as_array(x, name: str) -> np.ndarray:
     return arr
 
 
+def _pair(actual, expected, what: str):
+    """Both as float64 arrays of one shape (no broadcasting)."""
+    a, e = _as_array(actual, "actual"), _as_array(expected, "expected")
+    if a.shape != e.shape:
+        raise ValueError(f"{what}: actual has shape {a.shape} but expected has shape {e.shape}; they must be equal")
+    return a, e
+
+
+def _one_number(scale, what: str) -> float:
+    arr = _as_array(scale, "scale")
+    if arr.size != 1:
+        raise ValueError(f"{what}: scale must be one number, got shape {arr.shape}")
+    return float(arr.reshape(()))
+
+
 def rel_error(actual, expected, scale=None) -> float:
     """``max |actual - expected| / max |expected|`` (or ``/ scale``), as a float.
 
@@ -129,16 +146,14 @@ def rel_error(actual, expected, scale=None) -> float:
     >>> rel_error([1.0, 0.0], [1.0, 1e-9])
     1e-09
     """
-    a, e = _as_array(actual, "actual"), _as_array(expected, "expected")
-    if a.shape != e.shape:
-        raise ValueError(f"actual has shape {a.shape} but expected has shape {e.shape}; they must be equal")
+    a, e = _pair(actual, expected, "rel_error")
     if a.size == 0:
         return 0.0
     if scale is None:
         scale = float(np.max(np.abs(e)))
         if not scale > 0:
             raise ValueError("expected is zero everywhere: pass scale= (the size the difference is judged against)")
-    elif not float(scale) > 0:
+    elif not _one_number(scale, "rel_error") > 0:
         raise ValueError(f"scale must be a positive number; got {scale!r}")
     return float(np.max(np.abs(a - e)) / float(scale))
 
@@ -162,13 +177,9 @@ def assert_close(
     ...
     ewc_lib.claims.ClaimFailed: a loose value (|actual - expected| = 1.000e-03 > 1.000e-06 ...
     """
-    from ewc_lib.claims import claim  # claims imports nothing heavy; keep testing importable alone
-
     if not isinstance(what, str) or not what:
         raise TypeError("what must be a non-empty string naming the comparison")
-    a, e = _as_array(actual, "actual"), _as_array(expected, "expected")
-    if a.shape != e.shape:
-        raise ValueError(f"{what}: actual has shape {a.shape} but expected has shape {e.shape}; they must be equal")
+    a, e = _pair(actual, expected, what)
     if a.size == 0:
         claim(True, what)
         return
@@ -177,10 +188,7 @@ def assert_close(
     if scale is None:
         scale = np.abs(e) if entrywise else float(np.max(np.abs(e)))
     else:
-        scale_arr = _as_array(scale, "scale")
-        if scale_arr.size != 1:
-            raise ValueError(f"{what}: scale must be one number, got shape {scale_arr.shape}")
-        scale = float(scale_arr.reshape(()))
+        scale = _one_number(scale, what)
     err = np.abs(a - e)
     bound = float(rtol) * scale + float(atol)
     bad = ~(err <= bound)  # NaN counts as off
@@ -209,8 +217,6 @@ def assert_within_std_errors(estimate, exact, std_error, *, what: str, k: float 
     >>> round(assert_within_std_errors([1.1, 2.0], [1.0, 2.0], [0.1, 0.0], what="two entries"), 6)
     1.0
     """
-    from ewc_lib.claims import claim
-
     est, ex, se = (_as_array(v, n) for v, n in ((estimate, "estimate"), (exact, "exact"), (std_error, "std_error")))
     if not (est.shape == ex.shape == se.shape):
         raise ValueError(f"{what}: estimate {est.shape}, exact {ex.shape} and std_error {se.shape} must have one shape")
