@@ -37,14 +37,18 @@ def _keys(figure):
     return ex.CONFIGS[figure]["squares"]
 
 
+def _done(data):
+    """The keys of what a results file holds: search points, runs and extra runs."""
+    points = {(p["method"], p["lam"]) for p in (data["search"] or {}).get("points", [])}
+    runs = {ex.run_key(r) for r in data["runs"]}
+    extra = {(r["seed"], r["role"]) for r in data.get("extra_runs") or []}
+    return points, runs, extra
+
+
 def _recorded(figure, kind, job):
     """Whether a job is already in the file (another process may have recorded it)."""
-    data = ex.existing(figure)
-    if kind == "search":
-        return any((p["method"], p["lam"]) == job for p in (data["search"] or {}).get("points", []))
-    if kind == "run":
-        return any((r["seed"], r.get("method", r.get("square"))) == job for r in data["runs"])
-    return any((r["seed"], r["role"]) == job for r in data.get("extra_runs") or [])
+    points, runs, extra = _done(ex.existing(figure))
+    return job in {"search": points, "run": runs}.get(kind, extra)
 
 
 def _jobs(figure, seeds, methods=None):
@@ -54,9 +58,7 @@ def _jobs(figure, seeds, methods=None):
     processes can share the runs of one seed; the search points are always included.
     """
     cfg = ex.CONFIGS[figure]
-    data = ex.existing(figure)
-    done_points = {(p["method"], p["lam"]) for p in (data["search"] or {}).get("points", [])}
-    done_runs = {(r["seed"], r.get("method", r.get("square"))) for r in data["runs"]}
+    done_points, done_runs, done_extra = _done(ex.existing(figure))
     jobs = []
     for method, grid in cfg.get("lam_grid", {}).items():
         for lam in grid:
@@ -72,7 +74,6 @@ def _jobs(figure, seeds, methods=None):
                 jobs.append(("run", (seed, key), epochs))
     if figure == "fig2a" and (methods is None or "l2" in methods):
         # last: L2 as strong as it must be to protect A as well as EWC
-        done_extra = {(r["seed"], r["role"]) for r in data.get("extra_runs") or []}
         for seed in seeds:
             if (seed, "l2_protects_A") not in done_extra:
                 jobs.append(("extra", (seed, "l2_protects_A"), cfg["tasks"] * cfg["epochs_per_task"]))

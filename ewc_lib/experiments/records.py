@@ -181,8 +181,7 @@ def record(figure: str, key: str, entry: dict, command: str) -> None:
     with _locked(figure):
         data = _read_or_new(figure, command)
         if key == "runs":
-            data["runs"].append(entry)
-            data["runs"].sort(key=lambda r: (r["seed"], str(r.get("method", r.get("square")))))
+            data["runs"] = _sorted_runs(data["runs"] + [entry])
         elif key == "search":
             data["search"] = data["search"] or {"points": []}
             data["search"]["points"].append(entry)
@@ -228,8 +227,13 @@ def write_chosen_lambdas(figure: str) -> dict | None:
         return data["config"].get("lam")
 
 
-def _run_key(run: dict) -> tuple:
+def run_key(run: dict) -> tuple:
+    """What identifies a recorded run in its file: ``(seed, method)``, or ``(seed, square)`` for 2C."""
     return run["seed"], run.get("method", run.get("square"))
+
+
+def _sorted_runs(runs: list) -> list:
+    return sorted(runs, key=lambda r: (r["seed"], str(run_key(r)[1])))
 
 
 def merge_runs(figure: str, other_path) -> list[tuple]:
@@ -245,20 +249,20 @@ def merge_runs(figure: str, other_path) -> list[tuple]:
         raise ValueError(f"{other_path}: config differs from CONFIGS[{figure!r}]")
     for run in other["runs"]:
         if "commit" not in run or "checkpoint" not in run:
-            raise ValueError(f"{other_path}: run {_run_key(run)} lacks 'commit' or 'checkpoint'")
+            raise ValueError(f"{other_path}: run {run_key(run)} lacks 'commit' or 'checkpoint'")
     with _locked(figure):
         data = _read_or_new(figure, "")
-        have = {_run_key(r) for r in data["runs"]}
-        added = [r for r in other["runs"] if _run_key(r) not in have]
+        have = {run_key(r) for r in data["runs"]}
+        added = [r for r in other["runs"] if run_key(r) not in have]
         if not added:
             return []
-        data["runs"] = sorted(data["runs"] + added, key=lambda r: (r["seed"], str(_run_key(r)[1])))
+        data["runs"] = _sorted_runs(data["runs"] + added)
         prov = data["provenance"]
         prov["cpu_seconds"] = round(prov["cpu_seconds"] + sum(float(r.get("cpu_seconds", 0.0)) for r in added), 1)
         prov["finished"] = max(prov["finished"], other["provenance"]["finished"])
         _set_lam(figure, data)
         _write(figure, data)
-    return [_run_key(r) for r in added]
+    return [run_key(r) for r in added]
 
 
 def existing(figure: str) -> dict:
