@@ -720,7 +720,7 @@ def test_mean_kl_is_half_the_fisher_quadratic_form(case):
     # prop-fisher-local-kl: (1/N) sum_n KL(p_theta* || p_theta*+t v) = t^2 v^T F v / 2 + O(t^3), so the
     # relative error of the quadratic form falls like t: by ~10 when t falls by 10
     model, x, _ = make(case)
-    theta = flatten_params(dict(model.named_parameters())).detach()
+    theta = nn.utils.parameters_to_vector(model.parameters()).detach()
     v = torch.randn(theta.numel(), generator=gen(3), dtype=torch.float64)
     v /= v.norm()
     with torch.no_grad():
@@ -747,7 +747,7 @@ def test_hessian_minus_fisher_within_the_residual_bound(case):
     kw = dict(likelihood=case.likelihood, sigma2=case.sigma2)
     H = ewc_lib.hessian(model, x, y, **kw)
     gap = float(torch.linalg.matrix_norm(H - ewc_lib.fisher_matrix(model, x, **kw), ord=2))
-    theta = flatten_params(dict(model.named_parameters())).detach()
+    theta = nn.utils.parameters_to_vector(model.parameters()).detach()
     with torch.no_grad():
         f = model(x)
     if case.likelihood == "categorical":
