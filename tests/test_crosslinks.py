@@ -28,7 +28,8 @@ STATEMENT_KINDS = {"theorem", "lemma", "proposition", "corollary"}
 
 OPEN = re.compile(r"^(`{3,}|:{3,})\{prf:([a-z]+)\}")
 LABEL = re.compile(r"^:label:\s*(\S+)\s*$")
-TARGET = re.compile(r"^\((chk-[a-z0-9-]+)\)=\s*$")
+ANY_TARGET = re.compile(r"^\(([\w-]+)\)=\s*$")  # a MyST label line, (label)=
+TARGET = re.compile(r"^\((chk-[a-z0-9-]+)\)=\s*$")  # ... of a section that checks something
 CHK_REF = re.compile(r"\{ref\}`(?:[^`<]*<)?(chk-[a-z0-9-]+)>?`")
 PRF_REF = re.compile(r"\{prf:ref\}`(?:[^`<]*<)?([A-Za-z0-9_-]+)>?`")
 TEST_REF = re.compile(r"`(tests/[A-Za-z0-9_/]+\.py)::([A-Za-z0-9_]+)`")
@@ -222,16 +223,15 @@ def test_table_statements_point_back(path):
 def test_no_bare_ref_to_a_heading_with_math():
     """``{ref}`label``` uses the heading as link text, and Sphinx pastes a heading's math as raw
     TeX (``\\lambda``) into it: such a reference needs its own text, ``{ref}`text <label>```."""
-    target = re.compile(r"^\(([\w-]+)\)=\s*$")
     headings = {}
     for path in CHAPTERS + NOTEBOOKS:
         lines = path.read_text(encoding="utf-8").splitlines()
         for i, line in enumerate(lines):
-            m = target.match(line)
+            m = ANY_TARGET.match(line)
             if not m:
                 continue
             j = i + 1
-            while j < len(lines) and (not lines[j].strip() or target.match(lines[j])):
+            while j < len(lines) and (not lines[j].strip() or ANY_TARGET.match(lines[j])):
                 j += 1
             if j < len(lines) and lines[j].startswith("#"):
                 headings[m.group(1)] = lines[j]
