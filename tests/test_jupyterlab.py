@@ -55,6 +55,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
 from normalize_notebooks import normalized  # noqa: E402
+from test_notebooks import notebook_paths  # noqa: E402
 
 OVERRIDES = ROOT / "tools" / "jupyterlab-overrides.json"
 LAB_CONFIG = ROOT / "tools" / "jupyter_lab_config.py"
@@ -89,9 +90,9 @@ def test_overrides_file_sets_jupytext_default_viewer_and_no_news():
     assert notification == {"fetchNews": "false", "checkForUpdates": False}
 
 
-#: Every executable MyST file: the notebooks and the chapters with code cells (all can be opened
-#: and saved in JupyterLab).
-EXECUTABLE = NOTEBOOKS + sorted(p for p in (ROOT / "book").glob("*.md") if "```{code-cell}" in p.read_text("utf-8"))
+#: Every executable MyST file, the notebooks and the chapters with code cells, as the notebook
+#: tests find them (all can be opened and saved in JupyterLab).
+EXECUTABLE = notebook_paths()
 
 
 @pytest.mark.parametrize("path", EXECUTABLE, ids=lambda p: p.relative_to(ROOT).as_posix())
