@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import doctest
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ def test_doctests():
 
 
 def test_every_tolerance_is_documented_and_positive():
-    source = (testing.__file__ and open(testing.__file__, encoding="utf-8").read()).splitlines()
+    source = pathlib.Path(testing.__file__).read_text(encoding="utf-8").splitlines()
     names = [n for n in testing.__all__ if n.isupper()]
     assert len(names) >= 10
     for name in names:
@@ -108,9 +110,6 @@ def test_attribute_comments_do_not_start_with_a_type():
     """Sphinx's napoleon reads the first line of a ``#:`` comment as ``type: description`` when it
     has a colon followed by text, and then looks the 'type' up as a class: a nitpicky build fails
     on it. No module of ewc_lib may start an attribute comment that way."""
-    import pathlib
-    import re
-
     root = pathlib.Path(testing.__file__).resolve().parent
     bad = []
     for path in sorted(root.rglob("*.py")):
